@@ -1,0 +1,219 @@
+"""The Python API: set an image once, then ask for masks from boxes.
+
+>>> p = Predictor(library="~/casam-library")            # LiteMedSAM, bundled
+>>> route = p.set_image(ct_slice)                         # embeds (cached) and routes
+>>> pred = p.predict([[40, 60, 120, 150]])                 # XYXY, original-image pixels
+>>> pred.masks.shape, pred.scores, pred.task              # (1, H, W) bool, SAM's IoU, task used
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from casam.alignment import AlignmentLayer
+from casam.backbones import Backbone, get_backbone
+from casam.embeddings import Embedding, EmbeddingCache, image_key
+from casam.errors import InputError, LibraryError
+from casam.library import TaskInfo, TaskLibrary
+from casam.preprocess import check_boxes, check_image
+from casam.router import RouteDecision, VAE, VAEBank, attention_pool
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Masks for N boxes of one image."""
+
+    masks: np.ndarray
+    """(N, H, W) bool, in original-image pixels."""
+    scores: np.ndarray
+    """(N,) SAM's predicted IoU of each mask."""
+    route: RouteDecision
+    task: str | None
+    """The task whose Alignment Layer was used; None = plain SAM."""
+
+
+def vae_from_state(state: dict[str, torch.Tensor]) -> VAE:
+    """Rebuild a VAE from the ``vae.*`` entries of a router state dict."""
+    w1 = state["vae.enc1.weight"]
+    vae = VAE(dim=w1.shape[1], hidden=w1.shape[0], latent=state["vae.dec1.weight"].shape[1])
+    vae.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("vae.")})
+    return vae.eval().requires_grad_(False)
+
+
+def layer_from_state(state: dict[str, torch.Tensor]) -> AlignmentLayer:
+    layer = AlignmentLayer(AlignmentLayer.blocks_in_state(state))
+    layer.load_state_dict(state)
+    return layer.eval().requires_grad_(False)
+
+
+class Predictor:
+    """A frozen backbone, an embedding cache and the tasks of a library.
+
+    ``library``: a TaskLibrary, a folder, None for the per-user default library, or False for
+    none (plain SAM only). Only tasks made with this backbone (same weights digest) route.
+    """
+
+    def __init__(
+        self,
+        backbone: str | Backbone = "litemedsam",
+        checkpoint: str | Path | None = None,
+        device: str = "auto",
+        library: TaskLibrary | str | Path | None | bool = None,
+        cache_bytes: int = 1 << 30,
+        disk_cache: str | Path | None = None,
+        temperature: float = 1.0,
+    ):
+        self.backbone = backbone if isinstance(backbone, Backbone) else get_backbone(backbone, checkpoint, device)
+        if library is False:
+            self.library: TaskLibrary | None = None
+        elif isinstance(library, TaskLibrary):
+            self.library = library
+        else:
+            self.library = TaskLibrary(library)
+        self.cache = EmbeddingCache(cache_bytes, disk_cache)
+        self.temperature = temperature
+        self._lock = threading.RLock()
+        self._aligned: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
+        self._layers: dict[str, AlignmentLayer] = {}
+        self._image: np.ndarray | None = None
+        self._embedding: Embedding | None = None
+        self._route: RouteDecision | None = None
+        self.task_infos: dict[str, TaskInfo] = {}
+        self.problems: list[str] = []
+        self.bank = VAEBank([], [], [], [])
+        self.reload_library()
+
+    # ---- tasks -----------------------------------------------------------------------------
+    def reload_library(self) -> None:
+        """Re-read the library (after a task was learned, removed, renamed or imported)."""
+        names, vaes, taus, betas, infos, problems = [], [], [], [], {}, []
+        if self.library is not None:
+            problems = self.library.problems()
+            for info in self.library.tasks(self.backbone.identity):
+                if not info.active:
+                    continue
+                try:
+                    loaded = self.library.load(info.name)
+                    vae = vae_from_state(loaded.router)
+                except (LibraryError, KeyError, RuntimeError) as e:
+                    if not any(info.name in p for p in problems):
+                        problems.append(f"task '{info.name}' skipped: {e}")
+                    continue
+                names.append(info.name)
+                vaes.append(vae)
+                taus.append(info.threshold)
+                betas.append(float(info.settings.get("beta", 16.5)))
+                infos[info.name] = info
+        with self._lock:
+            self.bank = VAEBank(names, vaes, taus, betas)
+            self.task_infos = infos
+            self.problems = problems
+            self._layers.clear()
+            self._aligned.clear()
+            if self._embedding is not None:
+                self._route = self.route_embedding(self._embedding)
+
+    @property
+    def task_names(self) -> list[str]:
+        return list(self.bank.names)
+
+    def layer(self, name: str) -> AlignmentLayer:
+        with self._lock:
+            if name not in self._layers:
+                if name not in self.task_infos:
+                    known = ", ".join(self.task_names) or "none yet"
+                    raise InputError(f"no task '{name}' for backbone {self.backbone.identity}; known: {known}")
+                assert self.library is not None
+                self._layers[name] = layer_from_state(self.library.load(name).alignment).to(self.backbone.device)
+            return self._layers[name]
+
+    # ---- embeddings ------------------------------------------------------------------------
+    def embed(self, image: np.ndarray) -> Embedding:
+        """The (cached) embedding of a 2-D image. Thread-safe: meant for background workers."""
+        a = check_image(image)
+        key = image_key(a, self.backbone.identity)
+        geo = self.backbone.geometry(*a.shape[:2])
+        e = self.cache.get(key, geo, self.temperature)
+        if e is None:
+            z, geo = self.backbone.encode(a)
+            e = Embedding(key, z, geo, attention_pool(z, self.temperature))
+            self.cache.put(e)
+        return e
+
+    def is_cached(self, image: np.ndarray) -> bool:
+        return image_key(np.asarray(image), self.backbone.identity) in self.cache
+
+    # ---- routing and prediction --------------------------------------------------------------
+    def route_embedding(self, e: Embedding) -> RouteDecision:
+        return self.bank.route(e.feature)
+
+    def set_image(self, image: np.ndarray) -> RouteDecision:
+        """Embed (or fetch from cache) and route an image; later ``predict`` calls use it."""
+        e = self.embed(image)
+        route = self.route_embedding(e)
+        with self._lock:
+            self._image, self._embedding, self._route = image, e, route
+        return route
+
+    @property
+    def route(self) -> RouteDecision | None:
+        return self._route
+
+    @property
+    def embedding(self) -> Embedding | None:
+        return self._embedding
+
+    def _aligned_z(self, e: Embedding, task: str | None) -> torch.Tensor:
+        z = e.z[None].to(self.backbone.device)
+        if task is None:
+            return z
+        key = (e.key, task)
+        with self._lock:
+            if key in self._aligned:
+                self._aligned.move_to_end(key)
+                return self._aligned[key]
+        with torch.no_grad():
+            za = self.layer(task)(z)
+        with self._lock:
+            self._aligned[key] = za
+            while len(self._aligned) > 8:
+                self._aligned.popitem(last=False)
+        return za
+
+    def resolve_task(self, e: Embedding, task: str | None = "auto") -> tuple[str | None, RouteDecision]:
+        """``"auto"`` -> routed task; ``"sam"``/None -> plain SAM; a name -> that task."""
+        if task in (None, "sam", "SAM"):
+            return None, RouteDecision(None, float("nan"), None, True, forced=True)
+        if task == "auto":
+            r = self.route_embedding(e)
+            return r.task, r
+        if task not in self.task_infos:
+            known = ", ".join(self.task_names) or "none yet"
+            raise InputError(f"no task '{task}' for backbone {self.backbone.identity}; known tasks: {known}")
+        return task, RouteDecision(task, float("nan"), self.task_infos[task].threshold, False, forced=True)
+
+    def predict(self, boxes: np.ndarray | Sequence, task: str | None = "auto", image: np.ndarray | None = None) -> Prediction:
+        """Masks for XYXY boxes (original-image pixels) on the current (or given) image."""
+        if image is not None:
+            self.set_image(image)
+        if self._embedding is None:
+            raise InputError("no image set: call set_image(image) before predict(boxes)")
+        return self.predict_embedding(self._embedding, boxes, task)
+
+    def predict_embedding(self, e: Embedding, boxes: np.ndarray | Sequence, task: str | None = "auto") -> Prediction:
+        geo = e.geometry
+        b = check_boxes(boxes, geo.height, geo.width)
+        name, route = self.resolve_task(e, task)
+        z = self._aligned_z(e, name)
+        with torch.no_grad():
+            bt = torch.from_numpy(geo.boxes_to_input(b)).to(self.backbone.device)
+            logits, iou = self.backbone.decode(z, bt)
+            masks = self.backbone.upscale_masks(logits, geo) > 0
+        return Prediction(masks.cpu().numpy(), iou[:, 0].float().cpu().numpy(), route, name)

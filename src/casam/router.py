@@ -1,0 +1,182 @@
+"""The VAE router: attention pooling, one small VAE per task, calibrated thresholds.
+
+A task's score of an image is its VAE's negative ELBO on the image's pooled embedding
+feature ``f`` (deterministic: the encoder's mean is decoded, no sampling). The image goes to
+the task with the lowest score if that score is within the task's threshold; otherwise to
+plain SAM. All VAEs of a library are evaluated as one batched computation (``VAEBank``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from casam.backbones import EMBED_DIM
+
+
+def attention_pool(z: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """(N, C, H, W) or (C, H, W) embeddings -> (N, C) or (C,) features (no parameters).
+
+    ``a_hw = softmax_hw(||z[:, h, w]||_2 / (C * T))``, ``f = sum_hw a_hw z[:, h, w]``.
+    """
+    single = z.dim() == 3
+    if single:
+        z = z[None]
+    n, c = z.shape[:2]
+    flat = z.reshape(n, c, -1).float()
+    a = torch.softmax(flat.norm(dim=1) / (c * temperature), dim=-1)
+    f = torch.einsum("ncl,nl->nc", flat, a)
+    return f[0] if single else f
+
+
+class VAE(nn.Module):
+    """Two-layer MLP encoder and decoder, Gaussian latent."""
+
+    def __init__(self, dim: int = EMBED_DIM, hidden: int = 128, latent: int = 64):
+        super().__init__()
+        self.enc1 = nn.Linear(dim, hidden)
+        self.enc2 = nn.Linear(hidden, 2 * latent)
+        self.dec1 = nn.Linear(latent, hidden)
+        self.dec2 = nn.Linear(hidden, dim)
+        self.latent = latent
+
+    def encode(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.enc2(torch.relu(self.enc1(f))).chunk(2, dim=-1)
+        return mu, logvar.clamp(-20.0, 10.0)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.dec2(torch.relu(self.dec1(z)))
+
+    def neg_elbo(self, f: torch.Tensor, beta: float, sample: bool) -> torch.Tensor:
+        """Per-row loss ``(1/D)||f - f_hat||^2 + beta/2 * sum(mu^2 + s^2 - 1 - log s^2)``."""
+        mu, logvar = self.encode(f)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if sample else mu
+        return neg_elbo(f, self.decode(z), mu, logvar, beta)
+
+
+def neg_elbo(f: torch.Tensor, f_hat: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
+             beta: float | torch.Tensor) -> torch.Tensor:
+    rec = (f - f_hat).pow(2).mean(-1)
+    kl = (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
+    return rec + 0.5 * beta * kl
+
+
+def train_vae(features: torch.Tensor, *, steps: int, batch: int, lr: float, beta: float,
+              hidden: int, latent: int, seed: int) -> VAE:
+    """Fit a VAE to (N, D) features for a fixed number of Adam steps (batches drawn with replacement)."""
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    vae = VAE(features.shape[1], hidden, latent)
+    opt = torch.optim.Adam(vae.parameters(), lr=lr)
+    n = features.shape[0]
+    for _ in range(steps):
+        idx = torch.randint(0, n, (min(batch, max(n, 1)),), generator=g)
+        loss = vae.neg_elbo(features[idx], beta, sample=True).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return vae.eval().requires_grad_(False)
+
+
+def fold_indices(n: int, folds: int) -> list[np.ndarray]:
+    """Contiguous-stride folds: image i goes to fold i % folds (deterministic)."""
+    return [np.arange(k, n, folds) for k in range(folds)]
+
+
+def calibrate_threshold(features: torch.Tensor, *, folds: int, percentile: float, seed: int, beta: float,
+                        **train: int | float) -> tuple[float, np.ndarray]:
+    """K-fold threshold: the ``percentile`` of every image's score under the VAE not trained on it.
+
+    Returns (threshold, held-out scores per image).
+    """
+    n = features.shape[0]
+    scores = np.empty(n, dtype=np.float64)
+    for k, held in enumerate(fold_indices(n, folds)):
+        keep = np.setdiff1d(np.arange(n), held)
+        vae = train_vae(features[keep], seed=seed + k + 1, beta=beta, **train)
+        with torch.no_grad():
+            scores[held] = vae.neg_elbo(features[held], beta, sample=False).double().numpy()
+    return float(np.percentile(scores, percentile)), scores
+
+
+@dataclass(frozen=True)
+class RouteDecision:
+    """Where an image goes: a task (``fallback`` False) or plain SAM."""
+
+    task: str | None
+    score: float
+    threshold: float | None
+    fallback: bool
+    scores: dict[str, float] = field(default_factory=dict)
+    forced: bool = False
+    best: str | None = None
+    """The best-scoring task even when it was rejected (None without tasks)."""
+
+    def __str__(self) -> str:
+        if self.forced:
+            return f"{self.task} (chosen by you)" if self.task else "SAM (chosen by you)"
+        if self.best is None:
+            return "SAM fallback  (no task learned for this model yet)"
+        if self.fallback:
+            return f"SAM fallback  (best: {self.best}, ELBO {self.score:.3g} > {self.threshold:.3g})"
+        return f"{self.task}  (ELBO {self.score:.3g} <= {self.threshold:.3g})"
+
+    def to_json(self, image: str) -> dict:
+        return {
+            "image": image,
+            "task": self.task,
+            "score": None if math.isnan(self.score) else float(self.score),
+            "threshold": None if self.fallback and self.best is None else self.threshold,
+            "fallback": self.fallback,
+        }
+
+
+class VAEBank:
+    """All VAEs of the active backbone's tasks, stacked: one batched einsum scores every task."""
+
+    def __init__(self, names: Sequence[str], vaes: Sequence[VAE], thresholds: Sequence[float], beta: Sequence[float]):
+        self.names = list(names)
+        self.thresholds = torch.tensor(list(thresholds), dtype=torch.float32)
+        self.beta = torch.tensor(list(beta), dtype=torch.float32)
+        if vaes:
+            def stack(attr: str) -> tuple[torch.Tensor, torch.Tensor]:
+                w = torch.stack([getattr(v, attr).weight.T for v in vaes]).contiguous()
+                b = torch.stack([getattr(v, attr).bias for v in vaes])[:, None, :].contiguous()
+                return w, b
+
+            self.layers = [stack(a) for a in ("enc1", "enc2", "dec1", "dec2")]
+            self.latent = vaes[0].latent
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @torch.no_grad()
+    def scores(self, f: torch.Tensor) -> torch.Tensor:
+        """(N, D) features -> (N, T) negative ELBOs, every task at once."""
+        if not self.names:
+            return torch.empty(f.shape[0], 0)
+        (w1, b1), (w2, b2), (w3, b3), (w4, b4) = self.layers
+        x = f.float()[None].expand(len(self.names), -1, -1)
+        h = torch.relu(torch.baddbmm(b1, x, w1))
+        mu, logvar = torch.baddbmm(b2, h, w2).chunk(2, dim=-1)
+        logvar = logvar.clamp(-20.0, 10.0)
+        f_hat = torch.baddbmm(b4, torch.relu(torch.baddbmm(b3, mu, w3)), w4)
+        return neg_elbo(x, f_hat, mu, logvar, self.beta[:, None]).T
+
+    def route(self, f: torch.Tensor) -> RouteDecision:
+        """One (D,) feature -> the routing decision (argmin, then threshold)."""
+        if not self.names:
+            return RouteDecision(None, float("nan"), None, True)
+        s = self.scores(f[None])[0]
+        i = int(torch.argmin(s))
+        score, tau = float(s[i]), float(self.thresholds[i])
+        ok = score <= tau
+        return RouteDecision(
+            self.names[i] if ok else None, score, tau, not ok,
+            {n: float(v) for n, v in zip(self.names, s.tolist())}, best=self.names[i],
+        )
