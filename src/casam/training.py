@@ -23,12 +23,12 @@ from casam.library import TaskInfo, TaskLibrary, new_task_info, validate_name
 from casam.metrics import boundary_iou, iou
 from casam.predictor import Predictor, layer_from_state
 from casam.preprocess import check_image, mask_box
-from casam.router import calibrate_threshold, train_vae
+from casam.router import fit_router
 
 
 @dataclass(frozen=True)
 class Progress:
-    """One step of learning. ``stage`` is embed, align, vae, calibrate, evaluate or save."""
+    """One step of learning. ``stage`` is embed, align, vae, evaluate or save."""
 
     stage: str
     step: int
@@ -225,11 +225,9 @@ def iter_learn_task(
     if previous is not None and "features" in previous.router:
         feats = torch.cat([previous.router["features"].float(), feats])
     vae_kw = dict(steps=s.vae_steps, batch=s.vae_batch, lr=s.vae_lr, hidden=s.vae_hidden, latent=s.vae_latent)
-    yield Progress("calibrate", 0, 1, message=f"{s.folds}-fold threshold")
-    threshold, _ = calibrate_threshold(feats, folds=s.folds, percentile=s.percentile, seed=s.seed, beta=s.beta, **vae_kw)
-    yield Progress("calibrate", 1, 1, message=f"threshold {threshold:.4g}")
-    vae = train_vae(feats, seed=s.seed, beta=s.beta, **vae_kw)
-    yield Progress("vae", 1, 1)
+    yield Progress("vae", 0, 1, message=f"VAE and {s.folds}-fold threshold")
+    vae, threshold, _ = fit_router(feats, folds=s.folds, percentile=s.percentile, seed=s.seed, beta=s.beta, **vae_kw)
+    yield Progress("vae", 1, 1, message=f"threshold {threshold:.4g}")
 
     # 4. held-out IoU: plain SAM versus the new layer, box = the object's bounding box
     scores: dict[str, list[float]] = {"iou_sam": [], "iou_task": [], "biou_sam": [], "biou_task": []}
