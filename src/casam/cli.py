@@ -69,6 +69,13 @@ def cmd_learn(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in ("blocks", "epochs", "lr", "batch_size", "vae_steps", "holdout", "seed")
                  if getattr(args, k) is not None}
     settings = LearnSettings.from_dict({**base.to_dict(), **overrides})
+    if not pairs:
+        raise InputError(f"--masks: all {skipped} mask slices are empty; there is nothing to learn from")
+    if len(pairs) < settings.min_images and not args.extend:
+        raise InputError(
+            f"only {len(pairs)} annotated slice(s); a task needs at least {settings.min_images} for its "
+            f"{settings.folds}-fold threshold calibration: annotate more slices"
+        )
     p = _predictor(args)
     print(f"learning '{name}' from {len(pairs)} annotated slices ({skipped} empty skipped) "
           f"on {p.backbone.identity}", file=sys.stderr)

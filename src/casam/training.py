@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from casam.alignment import AlignmentLayer
+from casam.backbones import Backbone
 from casam.config import LearnSettings
 from casam.errors import InputError
 from casam.library import TaskInfo, TaskLibrary, new_task_info, validate_name
@@ -131,6 +132,57 @@ def bf16_supported() -> bool:
         return False
 
 
+def _use_bf16(s: LearnSettings, backbone: Backbone) -> bool:
+    return bool(s.bf16 if s.bf16 is not None else bf16_supported()) and backbone.device.type == "cpu"
+
+
+def train_alignment(
+    backbone: Backbone,
+    z: torch.Tensor,
+    boxes: torch.Tensor,
+    targets: torch.Tensor,
+    settings: LearnSettings,
+    layer: AlignmentLayer | None = None,
+    where: torch.Tensor | None = None,
+    gen: torch.Generator | None = None,
+) -> Generator[Progress, None, AlignmentLayer]:
+    """Train (or continue) an Alignment Layer through the frozen decoder.
+
+    ``z``: (M, 256, 64, 64) embeddings; ``boxes``: (N, 4) boxes in the backbone's input frame;
+    ``targets``: (N, 256, 256) low-res masks; ``where``: (N,) index of each sample's embedding
+    in ``z`` (default: sample i uses z[i]). Yields one ``Progress("align")`` per optimiser step
+    and returns the layer in eval mode, frozen.
+    """
+    s = settings
+    gen = gen if gen is not None else torch.Generator().manual_seed(s.seed)
+    where = where if where is not None else torch.arange(z.shape[0])
+    layer = (layer if layer is not None else AlignmentLayer(s.blocks)).to(backbone.device).train().requires_grad_(True)
+    opt = torch.optim.Adam(layer.parameters(), lr=s.lr)
+    n = boxes.shape[0]
+    per_epoch = math.ceil(n / s.batch_size)
+    total = per_epoch * s.epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda t: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(t, total) / max(total, 1)))
+    )
+    use_bf16 = _use_bf16(s, backbone)
+    step = 0
+    for epoch in range(1, s.epochs + 1):
+        perm = torch.randperm(n, generator=gen)
+        for b in range(per_epoch):
+            idx = perm[b * s.batch_size:(b + 1) * s.batch_size]
+            bx = jitter_boxes(boxes[idx], s.box_jitter, backbone.input_size, gen).to(backbone.device)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+                logits, _ = backbone.decode(layer(z[where[idx]].to(backbone.device)), bx)
+            loss = dice_bce(logits[:, 0], targets[idx].to(backbone.device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            yield Progress("align", step, total, epoch, loss.item())
+    return layer.eval().requires_grad_(False)
+
+
 def iter_learn_task(
     images: Sequence[np.ndarray],
     masks: Sequence[np.ndarray],
@@ -192,33 +244,9 @@ def iter_learn_task(
     where = torch.tensor([slot[x.image] for x in train_samples])
 
     # 2. the Alignment Layer, through the frozen decoder
-    layer = layer_from_state(previous.alignment) if previous else AlignmentLayer(s.blocks)
-    layer = layer.to(backbone.device).train().requires_grad_(True)
-    opt = torch.optim.Adam(layer.parameters(), lr=s.lr)
-    n = len(train_samples)
-    per_epoch = math.ceil(n / s.batch_size)
-    total = per_epoch * s.epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda t: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(t, total) / max(total, 1)))
-    )
-    use_bf16 = (s.bf16 if s.bf16 is not None else bf16_supported()) and backbone.device.type == "cpu"
-    step = 0
-    for epoch in range(1, s.epochs + 1):
-        perm = torch.randperm(n, generator=gen)
-        for b in range(per_epoch):
-            idx = perm[b * s.batch_size:(b + 1) * s.batch_size]
-            z = z_all[where[idx]].to(backbone.device)
-            bx = jitter_boxes(boxes[idx], s.box_jitter, backbone.input_size, gen).to(backbone.device)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-                logits, _ = backbone.decode(layer(z), bx)
-            loss = dice_bce(logits[:, 0], targets[idx].to(backbone.device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            yield Progress("align", step, total, epoch, loss.item())
-    layer.eval().requires_grad_(False)
+    layer = layer_from_state(previous.alignment) if previous else None
+    layer = yield from train_alignment(backbone, z_all, boxes, targets, s, layer=layer, where=where, gen=gen)
+    use_bf16 = _use_bf16(s, backbone)
 
     # 3. the VAE router and its threshold (features of the training images only)
     feats = torch.stack([emb[i].feature for i in order]).float()

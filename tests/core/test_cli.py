@@ -1,0 +1,126 @@
+"""The `casam` command line: usage and input errors are one line on stderr, exit code 2."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from casam.cli import main
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, *needles):
+    assert code == 2
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("casam") and "Traceback" not in err
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
+@pytest.fixture
+def files(tmp_path):
+    img = (np.arange(6 * 40 * 40) % 255).reshape(6, 40, 40).astype(np.uint16)
+    msk = np.zeros((6, 40, 40), np.uint8)
+    msk[:, 10:20, 10:25] = 1
+    np.save(tmp_path / "img.npy", img)
+    np.save(tmp_path / "msk.npy", msk)
+    np.save(tmp_path / "short.npy", msk[:4])
+    np.save(tmp_path / "empty.npy", np.zeros_like(msk))
+    np.save(tmp_path / "one.npy", img[0])
+    from casam.library import TaskLibrary
+
+    TaskLibrary(tmp_path / "lib")
+    return tmp_path
+
+
+def test_usage_errors(capsys, files):
+    with pytest.raises(SystemExit) as e:
+        main(["learn", "--library", str(files / "lib")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--name" in err
+
+
+@pytest.mark.parametrize(
+    "argv, needles",
+    [
+        (["learn", "--name", "x", "--images", "{d}/img.npy", "--masks", "{d}/short.npy"], ["6 slices", "short.npy"]),
+        (["learn", "--name", "x", "--images", "{d}/img.npy", "--masks", "{d}/missing.npy"], ["--masks", "missing.npy"]),
+        (["learn", "--name", "../evil", "--images", "{d}/img.npy", "--masks", "{d}/msk.npy"], ["task name"]),
+        (["learn", "--name", "x", "--images", "{d}/img.npy", "--masks", "{d}/empty.npy"], ["empty"]),
+        (["learn", "--name", "x", "--images", "{d}/img.npy", "{d}/one.npy", "--masks", "{d}/msk.npy"], ["2 image files but 1"]),
+        (["eval", "--images", "{d}/img.npy", "--masks", "{d}/empty.npy"], ["empty"]),
+        (["segment", "{d}/img.npy", "--box", "1", "1", "5", "5", "--out", "{d}/o.png"], ["--slice"]),
+        (["segment", "{d}/img.npy", "--slice", "9", "--box", "1", "1", "5", "5", "--out", "{d}/o.png"], ["out of range"]),
+        (["route", "{d}/nothing.png"], ["nothing.png", "does not exist"]),
+        (["tasks", "--library", "{d}/nolib"], ["does not exist"]),
+        (["remove", "--library", "{d}/lib", "ghost"], ["ghost"]),
+        (["learn", "--backbone", "sam_vit_b", "--name", "x", "--images", "{d}/img.npy", "--masks", "{d}/msk.npy"], ["--checkpoint"]),
+    ],
+)
+def test_input_errors_without_the_model(capsys, files, argv, needles):
+    argv = [a.format(d=files) for a in argv]
+    if "--library" not in argv and argv[0] != "route":
+        argv += ["--library", str(files / "lib")]
+    if argv[0] == "route":
+        argv += ["--library", str(files / "lib")]
+    code, _, err = run(capsys, *argv)
+    assert_one_line_error(code, err, *needles)
+
+
+def test_too_few_slices_for_calibration(capsys, files):
+    np.save(files / "few.npy", np.load(files / "msk.npy")[:3])
+    np.save(files / "fewimg.npy", np.load(files / "img.npy")[:3])
+    code, _, err = run(capsys, "learn", "--library", files / "lib", "--name", "x",
+                       "--images", files / "fewimg.npy", "--masks", files / "few.npy")
+    assert_one_line_error(code, err, "at least 5")
+    assert not any((files / "lib").iterdir()) or [p.name for p in (files / "lib").iterdir() if not p.name.startswith(".")] == ["casam-library.json"]
+
+
+def test_bad_boxes_and_images_through_segment(capsys, files):
+    for box, needle in [(["30", "30", "10", "10"], "inverted"), (["100", "100", "120", "130"], "outside"),
+                        (["5", "5", "5", "9"], "zero area")]:
+        code, _, err = run(capsys, "segment", "--library", files / "lib", files / "one.npy", "--box", *box,
+                           "--out", files / "o.png")
+        assert_one_line_error(code, err, needle)
+    np.save(files / "const.npy", np.full((30, 30), 3, np.int16))
+    code, _, err = run(capsys, "segment", "--library", files / "lib", files / "const.npy", "--box", "1", "1", "9", "9",
+                       "--out", files / "o.png")
+    assert_one_line_error(code, err, "constant")
+    assert not (files / "o.png").exists()
+
+
+def test_route_json_on_empty_library(capsys, files):
+    code, out, _ = run(capsys, "route", "--library", files / "lib", "--json", files / "one.npy")
+    assert code == 0
+    assert json.loads(out) == {"image": str(files / "one.npy"), "task": None, "score": None, "threshold": None, "fallback": True}
+
+
+def test_console_script_runs_in_a_fresh_process(files):
+    r = subprocess.run([sys.executable, "-m", "casam.cli", "route", "--library", str(files / "lib"), str(files / "x.jpg")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "x.jpg" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_importing_casam_loads_no_gui():
+    code = (
+        "import sys, casam, casam.predictor, casam.training, casam.cli, casam.library\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('napari', 'qtpy', 'PyQt5', 'PySide2', 'PySide6', 'magicgui', 'napari_casam')]\n"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_importing_casam_is_lazy():
+    r = subprocess.run([sys.executable, "-c", "import sys, casam; print('torch' in sys.modules)"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.stdout.strip() == "False"
