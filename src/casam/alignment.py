@@ -7,6 +7,12 @@ block's output), and the last conv of each branch starts at zero, so an untraine
 exactly the identity (no ReLU after the last conv: ReLU's zero gradient at
 0 would keep a zero-initialised conv from ever learning): a new task starts from SAM's own behaviour, and the residual stream of
 the embedding (which SAM's neck already normalised) is never renormalised.
+
+The branch works in normalised units: LayerNorm on its input, and its output multiplied by
+``scale``, the RMS of the task's training embeddings (a buffer fixed when training starts;
+about 0.1 for LiteMedSAM). A learning rate thus means the same for every backbone, and one
+Adam step cannot push the embedding far off its scale (without it, lr 1e-3 could make a
+layer collapse to empty masks).
 """
 
 from __future__ import annotations
@@ -54,13 +60,14 @@ class CAResBlock(nn.Module):
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
         self.act = nn.ReLU(inplace=True)
         self.eca = ECA(eca_kernel)
+        self.register_buffer("scale", torch.tensor(1.0))
         nn.init.zeros_(self.conv2.weight)
         nn.init.zeros_(self.conv2.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.act(self.conv1(self.norm(x)))
         h = self.conv2(h)
-        return x + self.eca(h)
+        return x + self.scale * self.eca(h)
 
 
 class AlignmentLayer(nn.Module):
@@ -74,6 +81,12 @@ class AlignmentLayer(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.blocks(z)
+
+    def set_scale(self, embeddings: torch.Tensor) -> None:
+        """Match the branches' output scale to the embeddings' RMS (a fixed buffer)."""
+        rms = float(embeddings.float().pow(2).mean().sqrt())
+        for b in self.blocks:
+            b.scale.fill_(rms if rms > 0 else 1.0)
 
     @property
     def n_blocks(self) -> int:

@@ -156,7 +156,10 @@ def train_alignment(
     s = settings
     gen = gen if gen is not None else torch.Generator().manual_seed(s.seed)
     where = where if where is not None else torch.arange(z.shape[0])
-    layer = (layer if layer is not None else AlignmentLayer(s.blocks)).to(backbone.device).train().requires_grad_(True)
+    if layer is None:
+        layer = AlignmentLayer(s.blocks)
+        layer.set_scale(z)
+    layer = layer.to(backbone.device).train().requires_grad_(True)
     opt = torch.optim.Adam(layer.parameters(), lr=s.lr)
     n = boxes.shape[0]
     per_epoch = math.ceil(n / s.batch_size)
