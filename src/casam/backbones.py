@@ -253,7 +253,10 @@ class Backbone:
         if not path.is_file():
             raise CheckpointError(f"checkpoint {path} does not exist; give the path of a .pth file")
         self.checkpoint = path
-        self.digest = _cached_sha256(path)
+        try:
+            self.digest = _cached_sha256(path)
+        except OSError as e:
+            raise CheckpointError(f"cannot read checkpoint {path} ({e.strerror}); check its permissions") from None
         self.identity = f"{spec.name}:{self.digest[:12]}"
         encoder, prompt_encoder, mask_decoder = spec.build()
         state = _load_state(path)

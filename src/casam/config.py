@@ -48,6 +48,32 @@ class LearnSettings:
     """Fewer training images than this cannot be calibrated with ``folds``-fold CV."""
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        from casam.errors import InputError
+
+        rules = [
+            ("blocks", self.blocks >= 1, "at least 1"),
+            ("epochs", self.epochs >= 1, "at least 1"),
+            ("batch-size", self.batch_size >= 1, "at least 1"),
+            ("lr", 0 < self.lr < 1, "between 0 and 1"),
+            ("vae-steps", self.vae_steps >= 1, "at least 1"),
+            ("vae-batch", self.vae_batch >= 1, "at least 1"),
+            ("vae-lr", 0 < self.vae_lr < 1, "between 0 and 1"),
+            ("vae-hidden", self.vae_hidden >= 1, "at least 1"),
+            ("vae-latent", self.vae_latent >= 1, "at least 1"),
+            ("beta", self.beta > 0, "positive"),
+            ("temperature", self.temperature > 0, "positive"),
+            ("folds", self.folds >= 2, "at least 2"),
+            ("percentile", 0 < self.percentile <= 100, "in (0, 100]"),
+            ("holdout", 0 <= self.holdout < 1, "in [0, 1)"),
+            ("max-holdout", self.max_holdout >= 0, "at least 0"),
+            ("min-images", self.min_images >= self.folds, f"at least folds ({self.folds})"),
+            ("box-jitter", 0 <= self.box_jitter < 1, "in [0, 1)"),
+        ]
+        for name, ok, what in rules:
+            if not ok:
+                raise InputError(f"--{name} must be {what}; got {getattr(self, name.replace('-', '_'))}")
+
     @classmethod
     def paper(cls, **overrides: Any) -> LearnSettings:
         """The schedule of the paper (method.md): 3 blocks, 24 epochs, batch 6, lr 1e-4."""

@@ -41,6 +41,10 @@ def check_image(image: np.ndarray, what: str = "image") -> np.ndarray:
         a = a[..., :3]
     if a.ndim == 3 and a.shape[-1] == 2:
         raise InputError(f"{what} has 2 channels (shape {a.shape}); give grayscale or RGB")
+    if a.ndim == 3 and a.shape[0] in (1, 3, 4) and a.shape[-1] > 4:
+        raise InputError(
+            f"{what} has shape {a.shape}, channels first; give (H, W) or (H, W, 3) with channels last"
+        )
     if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] != 3):
         raise InputError(
             f"{what} has shape {a.shape}; expected a 2-D slice (H, W) or RGB (H, W, 3) — "
@@ -90,6 +94,16 @@ class Geometry:
     height: int
     width: int
     size: int
+
+    def __post_init__(self) -> None:
+        if self.height < 1 or self.width < 1:
+            raise InputError(f"image is {self.height}x{self.width} pixels; it has no pixels to segment")
+        rh, rw = self.resized
+        if rh < 1 or rw < 1:
+            raise InputError(
+                f"image is {self.height}x{self.width} pixels, too elongated for the model's "
+                f"{self.size}x{self.size} input; crop it closer to square"
+            )
 
     @property
     def scale(self) -> float:

@@ -181,6 +181,29 @@ class RouteDecision:
         }
 
 
+def _stack_padded(vaes: Sequence[VAE]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Stack VAEs as (T, in, out) weights and (T, 1, out) biases, zero-padding each to the
+    largest hidden and latent size. Exact: a padded hidden unit has zero weights in and out
+    (relu(0) = 0); a padded latent dimension has mu = logvar = 0, whose KL term is 0."""
+    hid = max(v.enc1.out_features for v in vaes)
+    lat = max(v.latent for v in vaes)
+    dim = vaes[0].enc1.in_features
+    t = len(vaes)
+    w1, b1 = torch.zeros(t, dim, hid), torch.zeros(t, 1, hid)
+    w2, b2 = torch.zeros(t, hid, 2 * lat), torch.zeros(t, 1, 2 * lat)
+    w3, b3 = torch.zeros(t, lat, hid), torch.zeros(t, 1, hid)
+    w4, b4 = torch.zeros(t, hid, dim), torch.zeros(t, 1, dim)
+    with torch.no_grad():
+        for k, v in enumerate(vaes):
+            h, z = v.enc1.out_features, v.latent
+            w1[k, :, :h], b1[k, 0, :h] = v.enc1.weight.T, v.enc1.bias
+            w2[k, :h, :z], b2[k, 0, :z] = v.enc2.weight[:z].T, v.enc2.bias[:z]
+            w2[k, :h, lat:lat + z], b2[k, 0, lat:lat + z] = v.enc2.weight[z:].T, v.enc2.bias[z:]
+            w3[k, :z, :h], b3[k, 0, :h] = v.dec1.weight.T, v.dec1.bias
+            w4[k, :h, :], b4[k, 0, :] = v.dec2.weight.T, v.dec2.bias
+    return [(w1, b1), (w2, b2), (w3, b3), (w4, b4)]
+
+
 class VAEBank:
     """All VAEs of the active backbone's tasks, stacked: one batched einsum scores every task."""
 
@@ -189,13 +212,7 @@ class VAEBank:
         self.thresholds = torch.tensor(list(thresholds), dtype=torch.float32)
         self.beta = torch.tensor(list(beta), dtype=torch.float32)
         if vaes:
-            def stack(attr: str) -> tuple[torch.Tensor, torch.Tensor]:
-                w = torch.stack([getattr(v, attr).weight.T for v in vaes]).contiguous()
-                b = torch.stack([getattr(v, attr).bias for v in vaes])[:, None, :].contiguous()
-                return w, b
-
-            self.layers = [stack(a) for a in ("enc1", "enc2", "dec1", "dec2")]
-            self.latent = vaes[0].latent
+            self.layers = _stack_padded(vaes)
 
     def __len__(self) -> int:
         return len(self.names)
