@@ -48,10 +48,10 @@ SAVER = textwrap.dedent("""
             log("renaming", f"t{i}", f"r{i}")
             lib.rename(f"t{i}", f"r{i}")
             log("renamed", f"t{i}", f"r{i}")
-        elif i % 3 == 2:
-            log("removing", f"t{i - 1}")
-            lib.remove(f"t{i - 1}")
-            log("removed", f"t{i - 1}")
+        elif i % 3 == 2 and f"r{i - 1}" in lib.names():
+            log("removing", f"r{i - 1}")
+            lib.remove(f"r{i - 1}")
+            log("removed", f"r{i - 1}")
         i += 1
 """)
 
