@@ -22,8 +22,8 @@ class LearnSettings:
 
     blocks: int = 1
     """CAResBlocks in the Alignment Layer (paper: 3; each adds 1.18 M parameters)."""
-    epochs: int = 6
-    """Passes over the training objects for the Alignment Layer."""
+    epochs: int = 8
+    """Passes over the training objects for the Alignment Layer (8: see docs/benchmark-speed.md)."""
     batch_size: int = 6
     lr: float = 1e-3
     """Adam learning rate of the Alignment Layer (paper: 1e-4), cosine-decayed to 5% of it."""
