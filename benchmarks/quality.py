@@ -263,7 +263,7 @@ def main(argv=None) -> int:
         N = len(order)
         R = {m: ({}, {}) for m in METHODS}  # method -> (R_iou, R_biou)
 
-        def put(method, k, j, v):
+        def put(method, k, j, v, R=R):
             R[method][0][(k, j)], R[method][1][(k, j)] = mean_pair(v)
 
         # plain SAM, oracle, joint: constant over stages

@@ -59,7 +59,7 @@ CONFIGS: dict[str, dict] = {
     "1b 8e lr3e-3": dict(blocks=1, epochs=8, lr=3e-3, batch_size=6),
     "1b 6e lr3e-4 fp32": dict(blocks=1, epochs=6, lr=3e-4, batch_size=6, bf16=False),
 }
-DEFAULT_RUN = "1b 6e lr1e-3,1b 4e lr1e-3,1b 4e lr2e-3,1b 3e lr2e-3,1b 6e lr1e-3 fp32,1b 8e lr1e-3,2b 4e lr1e-3,paper"
+DEFAULT_RUN = "paper,1b 6e lr1e-3,1b 8e lr1e-3,1b 12e lr1e-3,1b 6e lr3e-3,1b 8e lr3e-3,1b 8e lr1e-3 fp32"
 
 KEYS = ("blocks", "epochs", "batch_size", "lr", "bf16", "vae_steps")
 
