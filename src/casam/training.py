@@ -202,7 +202,7 @@ def iter_learn_task(
     s = settings or LearnSettings()
     name = validate_name(name)
     if predictor is None:
-        predictor = Predictor(library=library if library is not None else None)
+        predictor = Predictor(library=library)
     lib = predictor.library if library is None else (library if isinstance(library, TaskLibrary) else TaskLibrary(library))
     if lib is None:
         raise InputError("no task library given: pass library=FOLDER")
