@@ -746,24 +746,35 @@ class CasamWidget(QWidget):
             return False
         shape = spatial_shape(image.data.shape, image.rgb)
         indices = plane_indices(shape[:-2])
-        data = image.data
+        t0 = time.perf_counter()
+        self._submit_per_slice(
+            self.session.job_prepare,
+            (partial(plane, image.data), indices),
+            key="prepare",
+            counting="Embedding slice",
+            returned=lambda n: self._set_status(
+                f"Volume prepared: {n} slices embedded in {time.perf_counter() - t0:.0f} s; "
+                "boxes now answer at once."
+            ),
+        )
+        return True
+
+    def _submit_per_slice(
+        self, fn: Any, args: tuple, *, key: str, counting: str, returned: Any
+    ) -> None:
+        """Run a job that works slice by slice: the status counts slices, Cancel stops it."""
         self._cancel = threading.Event()
         self.job_cancel.setEnabled(True)
-        t0 = time.perf_counter()
         self.jobs.submit(
             Job(
-                self.session.job_prepare,
-                (partial(plane, data), indices, self._cancel),
-                key="prepare",
-                yielded=partial(self._on_count, "Embedding slice"),
-                returned=lambda n: self._set_status(
-                    f"Volume prepared: {n} slices embedded in {time.perf_counter() - t0:.0f} s; "
-                    "boxes now answer at once."
-                ),
+                fn,
+                (*args, self._cancel),
+                key=key,
+                yielded=partial(self._on_count, counting),
+                returned=returned,
                 errored=self._on_job_error,
             )
         )
-        return True
 
     def _interpolation_pair(self, prompts: Shapes) -> tuple[int, int] | None:
         feats = prompts.features
@@ -814,25 +825,15 @@ class CasamWidget(QWidget):
         feats = prompts.features
         label_a = int(feats["label"].iloc[pair[0]])
         label_b = int(feats["label"].iloc[pair[1]])
-        data = image.data
-        self._cancel = threading.Event()
-        self.job_cancel.setEnabled(True)
         t0 = time.perf_counter()
-        self.jobs.submit(
-            Job(
-                self.session.job_interpolate,
-                (partial(plane, data), items, self.override_value, self._cancel),
-                key="interpolate",
-                yielded=partial(self._on_count, "Interpolating slice"),
-                returned=partial(
-                    self._on_interpolated,
-                    _prompts.token(image),
-                    (ib, label_b),
-                    label_a,
-                    t0,
-                ),
-                errored=self._on_job_error,
-            )
+        self._submit_per_slice(
+            self.session.job_interpolate,
+            (partial(plane, image.data), items, self.override_value),
+            key="interpolate",
+            counting="Interpolating slice",
+            returned=partial(
+                self._on_interpolated, _prompts.token(image), (ib, label_b), label_a, t0
+            ),
         )
         return True
 
