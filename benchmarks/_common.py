@@ -179,15 +179,13 @@ def train_layer(backbone, samples: Samples, settings, layer=None, seed: int | No
 
 
 def load_layer(path, blocks: int):
-    """An Alignment Layer saved with ``torch.save(layer.state_dict())``. Layers saved before the
-    engine's RMS ``scale`` buffer existed (commit 3927209) load with scale 1, i.e. as they were."""
+    """An Alignment Layer written by ``quality.save_layer`` (safetensors, never unpickled)."""
+    from safetensors.torch import load_file
+
     from casam.alignment import AlignmentLayer
 
     layer = AlignmentLayer(blocks)
-    state = torch.load(path, weights_only=True)
-    missing, unexpected = layer.load_state_dict(state, strict=False)
-    if unexpected or any(not k.endswith(".scale") for k in missing):
-        raise RuntimeError(f"{path}: not a {blocks}-block Alignment Layer ({missing}, {unexpected})")
+    layer.load_state_dict(load_file(str(path)))
     return layer.eval().requires_grad_(False)
 
 
