@@ -625,10 +625,22 @@ class TaskLibrary:
                     pass
             _rmtree(p)
 
+    def _refuse_case_twin(self, name: str) -> None:
+        """Names that differ only in case are one folder on macOS and Windows, so a library
+        that holds both could not be copied there: refuse the second one everywhere."""
+        key = name.casefold()
+        for folder in self._task_dirs():
+            if folder.name != name and folder.name.casefold() == key:
+                raise TaskExistsError(
+                    f"task '{folder.name}' already exists in {_show(self.root)} and '{name}' differs from it "
+                    "only in upper/lower case, which macOS and Windows treat as the same name; choose another name"
+                )
+
     def ensure_free(self, name: str) -> None:
         """Raise TaskExistsError early (before minutes of training) if ``name`` is taken."""
         name = validate_name(name)
         target = self.root / name
+        self._refuse_case_twin(name)
         if target.exists() or target.is_symlink():
             raise TaskExistsError(f"task '{name}' already exists in {_show(self.root)}; choose another name or retrain it")
 
@@ -671,6 +683,7 @@ class TaskLibrary:
         """Under the lock: move a finished temporary folder into place."""
         self._cleanup_stale()
         target = self.root / name
+        self._refuse_case_twin(name)
         if target.exists() or target.is_symlink():
             if not overwrite:
                 raise TaskExistsError(f"task '{name}' already exists in {_show(self.root)}; choose another name")

@@ -85,6 +85,26 @@ def test_existing_name_is_refused_and_kept(lib):
     assert snapshot(lib.root) == before
 
 
+def test_names_differing_only_in_case_are_refused(lib, tmp_path):
+    # one folder on macOS/Windows: a library holding both could not be copied there
+    save_task(lib, "CT Spleen", seed=1)
+    save_task(lib, "other", seed=2)
+    before = snapshot(lib.root)
+    for attempt in (
+        lambda: save_task(lib, "ct spleen", seed=3),
+        lambda: save_task(lib, "CT SPLEEN", seed=3, overwrite=True),
+        lambda: lib.rename("other", "ct spleen"),
+        lambda: lib.import_task(lib.export("other", tmp_path), name="ct SPLEEN"),
+    ):
+        with pytest.raises(TaskExistsError) as e:
+            attempt()
+        msg = one_line(e.value)
+        assert "'CT Spleen'" in msg and "case" in msg
+    assert snapshot(lib.root) == before
+    save_task(lib, "CT Spleen", seed=4, overwrite=True)  # the same name may still be retrained
+    assert lib.names() == ["CT Spleen", "other"] and lib.problems() == []
+
+
 def test_overwrite_replaces_whole_task_and_leaves_nothing_behind(lib):
     save_task(lib, "A", seed=1)
     save_task(lib, "A", seed=2, overwrite=True)
