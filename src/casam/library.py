@@ -71,6 +71,10 @@ MAX_WEIGHT_BYTES = 256 << 20
 MAX_IMPORT_BYTES = 512 << 20
 #: A ``.tmp-*`` folder older than this is a leftover whatever its process id says.
 STALE_TMP_S = 6 * 3600.0
+#: A task's threshold may be at most this many times the highest score of its own training
+#: features under its VAE. Real tasks sit at 1-11x (a 5-fold threshold against the final VAE);
+#: far above, the task would accept nearly any image and SAM fallback could never happen.
+MAX_THRESHOLD_RATIO = 1000.0
 _VAE_KEYS = tuple(f"vae.{m}.{p}" for m in ("enc1", "enc2", "dec1", "dec2") for p in ("weight", "bias"))
 
 _HOST = hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
@@ -340,6 +344,24 @@ def check_weights(info: TaskInfo, alignment: dict[str, Any], router: dict[str, A
         for k, t in state.items():
             if not t.is_floating_point() or not bool(torch.isfinite(t).all()):
                 raise LibraryError(f"{where}: {part} tensor {k!r} is not finite floating point; refused")
+    _check_threshold(info, router, where)
+
+
+def _check_threshold(info: TaskInfo, router: dict[str, Any], where: str) -> None:
+    """Refuse a threshold so far above the task's own scores that it would accept any image."""
+    import torch
+
+    from casam.predictor import vae_from_state
+
+    beta = float(info.settings.get("beta", 16.5))
+    with torch.no_grad():
+        own = float(vae_from_state(router).neg_elbo(router["features"].float(), beta, sample=False).max())
+    if not math.isfinite(info.threshold) or (own > 0 and info.threshold > MAX_THRESHOLD_RATIO * own):
+        raise LibraryError(
+            f"{where}: its routing threshold {info.threshold:.3g} is far above the scores of its own training "
+            f"images (at most {own:.3g}), so it would take images of any kind and SAM fallback could never "
+            "happen; refused. Ask for a freshly learned copy of the task"
+        )
 
 
 def _parse_weights(info: TaskInfo, raw: dict[str, bytes], where: str) -> tuple[dict[str, Any], dict[str, Any]]:

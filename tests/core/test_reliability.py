@@ -271,3 +271,32 @@ def test_tasks_with_different_vae_sizes_route_together(tmp_path):
     p = Predictor(backbone=TinyBackbone(), library=lib)
     assert sorted(p.task_names) == ["default", "small"]
     assert p.set_image(disk_images(1)[0][0]) is not None
+
+
+def test_a_threshold_that_would_take_any_image_is_refused(tmp_path):
+    """A task whose threshold dwarfs its own training scores would capture images of any kind
+    (no SAM fallback, silently wrong masks): refused on save, on load and on import."""
+    lib = TaskLibrary(tmp_path / "lib")
+    save_task(lib, "good")
+    with pytest.raises(LibraryError) as e:
+        save_task(lib, "evil", threshold=1e9)
+    assert "threshold" in one_line(e.value) and lib.names() == ["good"]
+    # a task.json edited after the fact (its digests cover the weights, not itself)
+    save_task(lib, "evil")
+    meta = lib.root / "evil" / META
+    d = json.loads(meta.read_text())
+    d["threshold"] = 1e9
+    meta.write_text(json.dumps(d))
+    assert_only_good_survives(lib, "threshold")
+    package = tmp_path / "evil.casamtask"
+    with zipfile.ZipFile(package, "w") as z:
+        for f in sorted((lib.root / "evil").iterdir()):
+            z.write(f, f.name)
+    other = TaskLibrary(tmp_path / "other")
+    with pytest.raises(LibraryError) as e:
+        other.import_task(package)
+    assert "threshold" in one_line(e.value) and other.names() == []
+    # a plausible threshold of the same weights still loads
+    d["threshold"] = 0.5
+    meta.write_text(json.dumps(d))
+    assert lib.problems() == [] and lib.load("evil").info.threshold == 0.5
