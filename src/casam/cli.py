@@ -66,7 +66,8 @@ def cmd_learn(args: argparse.Namespace) -> int:
         lib.ensure_free(name)
     pairs, skipped = read_pairs(args.images, args.masks, args.label)
     base = LearnSettings.paper() if args.paper else LearnSettings()
-    overrides = {k: getattr(args, k) for k in ("blocks", "epochs", "lr", "batch_size", "vae_steps", "holdout", "seed")
+    overrides = {k: getattr(args, k) for k in ("blocks", "epochs", "lr", "batch_size", "vae_steps", "holdout", "seed",
+                                                "threshold_margin")
                  if getattr(args, k) is not None}
     settings = LearnSettings.from_dict({**base.to_dict(), **overrides})
     if not pairs:
@@ -278,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--batch-size", type=int)
     sp.add_argument("--vae-steps", type=int)
     sp.add_argument("--holdout", type=float, help="share of slices held out to measure IoU (default 0.2)")
+    sp.add_argument("--threshold-margin", type=float,
+                    help="routing threshold = this x the 97th percentile of the 5-fold scores; higher accepts more "
+                         "of a new patient's slices, lower sends more to plain SAM (default 1.5, paper 1)")
     sp.add_argument("--seed", type=int)
     sp.add_argument("--overwrite", action="store_true", help="replace a task of the same name")
     sp.add_argument("--extend", action="store_true", help="continue training an existing task with more slices")

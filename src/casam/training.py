@@ -258,6 +258,7 @@ def iter_learn_task(
     vae_kw = dict(steps=s.vae_steps, batch=s.vae_batch, lr=s.vae_lr, hidden=s.vae_hidden, latent=s.vae_latent)
     yield Progress("vae", 0, 1, message=f"VAE and {s.folds}-fold threshold")
     vae, threshold, _ = fit_router(feats, folds=s.folds, percentile=s.percentile, seed=s.seed, beta=s.beta, **vae_kw)
+    threshold *= s.threshold_margin
     yield Progress("vae", 1, 1, message=f"threshold {threshold:.4g}")
 
     # 4. held-out IoU: plain SAM versus the new layer, box = the object's bounding box

@@ -64,6 +64,8 @@ def test_usage_errors(capsys, files):
         (["tasks", "--library", "{d}/nolib"], ["does not exist"]),
         (["remove", "--library", "{d}/lib", "ghost"], ["ghost"]),
         (["learn", "--backbone", "sam_vit_b", "--name", "x", "--images", "{d}/img.npy", "--masks", "{d}/msk.npy"], ["--checkpoint"]),
+        (["learn", "--name", "x", "--images", "{d}/img.npy", "--masks", "{d}/msk.npy", "--threshold-margin", "0"],
+         ["--threshold-margin", "(0, 10]"]),
     ],
 )
 def test_input_errors_without_the_model(capsys, files, argv, needles):

@@ -300,3 +300,24 @@ def test_a_threshold_that_would_take_any_image_is_refused(tmp_path):
     d["threshold"] = 0.5
     meta.write_text(json.dumps(d))
     assert lib.problems() == [] and lib.load("evil").info.threshold == 0.5
+
+
+def test_threshold_margin_scales_the_calibrated_threshold(tmp_path):
+    """The stored threshold is threshold_margin x the fold percentile, the VAE unchanged."""
+    from test_reliability_helpers import disk_images, tiny_settings
+
+    from casam.errors import InputError
+    from casam.predictor import Predictor
+    from casam.training import learn_task
+
+    images, masks = disk_images(6)
+    lib = TaskLibrary(tmp_path / "lib")
+    p = Predictor(backbone=TinyBackbone(), library=lib)
+    infos = {m: learn_task(images, masks, f"m{m}", predictor=p, settings=tiny_settings(threshold_margin=m))
+             for m in (1.0, 2.5)}
+    assert infos[2.5].threshold == pytest.approx(2.5 * infos[1.0].threshold, rel=1e-6)
+    assert torch.equal(lib.load("m1.0").router["vae.enc1.weight"], lib.load("m2.5").router["vae.enc1.weight"])
+    for bad in (0, -1, 11):
+        with pytest.raises(InputError) as e:
+            tiny_settings(threshold_margin=bad)
+        assert "--threshold-margin" in one_line(e.value)
