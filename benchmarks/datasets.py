@@ -575,7 +575,7 @@ class OODImage:
     source: str
 
 
-OOD_KINDS = ("xray", "ultrasound", "fundus", "photo", "histology", "nuclei")
+OOD_KINDS = ("xray", "ultrasound", "fundus", "photo", "astronomy", "histology", "nuclei")
 
 
 def ood_images(
@@ -617,8 +617,10 @@ def ood_images(
         add("ultrasound", "ultrasound_pelvis", rgb, pdd + "gdcm-US-ALOKA-16.dcm: pelvis B-mode")
 
     add("fundus", "fundus_retina", skimage.data.retina(), "scikit-image data: retina()")
-    for n in ("astronaut", "chelsea", "coffee"):
+    # colour photographs, and grayscale ones (closer to CT and MR than any colour image)
+    for n in ("astronaut", "chelsea", "coffee", "rocket", "camera", "coins", "moon"):
         add("photo", f"photo_{n}", getattr(skimage.data, n)(), f"scikit-image data: {n}()")
+    add("astronomy", "astronomy_hubble", skimage.data.hubble_deep_field(), "scikit-image data: hubble_deep_field()")
     add(
         "histology",
         "histology_ihc",
@@ -632,7 +634,7 @@ def ood_images(
 
 
 def load_ood(cache: str | os.PathLike | None = None) -> list[tuple[str, np.ndarray]]:
-    """(kind, image2d) pairs: X-ray, ultrasound, fundus, photos, histology (uint8; RGB images
+    """(kind, image2d) pairs: X-ray, ultrasound, fundus, photos, astronomy, histology (uint8; RGB images
     are (H, W, 3)). Nuclei are left out: they are one of the tasks of ``load_tasks()``."""
     kinds = [k for k in OOD_KINDS if k != "nuclei"]
     return [(o.kind, o.image) for o in ood_images(cache, kinds)]
