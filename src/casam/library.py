@@ -351,7 +351,7 @@ def _check_threshold(info: TaskInfo, router: dict[str, Any], where: str) -> None
     """Refuse a threshold so far above the task's own scores that it would accept any image."""
     import torch
 
-    from casam.predictor import vae_from_state
+    from casam.router import vae_from_state
 
     beta = float(info.settings.get("beta", 16.5))
     with torch.no_grad():
@@ -542,16 +542,23 @@ class TaskLibrary:
             out.append(info.with_(active=backbone is None or info.backbone == backbone))
         return out
 
-    def problems(self) -> list[str]:
-        """One line per task that cannot be used (metadata, unexpected files, digests, weights)."""
-        msgs = []
+    def scan(self, backbone: str | None = None) -> Iterator[LoadedTask | str]:
+        """Every task folder, read and verified once: a LoadedTask for each task of ``backbone``
+        (of any backbone when None), or one line saying why a task cannot be used. A generator,
+        so only one task's weights are in memory at a time."""
         for folder in self._task_dirs():
             try:
                 info = self._read_info(folder)
-                _parse_weights(info, self._read_weights(info), f"task '{info.name}'")
+                align, router = _parse_weights(info, self._read_weights(info), f"task '{info.name}'")
             except LibraryError as e:
-                msgs.append(str(e))
-        return msgs
+                yield str(e)
+                continue
+            if backbone is None or info.backbone == backbone:
+                yield LoadedTask(info.with_(active=True), align, router)
+
+    def problems(self) -> list[str]:
+        """One line per task that cannot be used (metadata, unexpected files, digests, weights)."""
+        return [item for item in self.scan() if isinstance(item, str)]
 
     check = problems
 

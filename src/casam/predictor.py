@@ -20,10 +20,10 @@ import torch
 from casam.alignment import AlignmentLayer
 from casam.backbones import Backbone, get_backbone
 from casam.embeddings import Embedding, EmbeddingCache, image_key
-from casam.errors import InputError, LibraryError
+from casam.errors import InputError
 from casam.library import TaskInfo, TaskLibrary
 from casam.preprocess import check_boxes, check_image
-from casam.router import RouteDecision, VAE, VAEBank, attention_pool
+from casam.router import RouteDecision, VAEBank, attention_pool, vae_from_state
 
 
 @dataclass(frozen=True)
@@ -37,14 +37,6 @@ class Prediction:
     route: RouteDecision
     task: str | None
     """The task whose Alignment Layer was used; None = plain SAM."""
-
-
-def vae_from_state(state: dict[str, torch.Tensor]) -> VAE:
-    """Rebuild a VAE from the ``vae.*`` entries of a router state dict."""
-    w1 = state["vae.enc1.weight"]
-    vae = VAE(dim=w1.shape[1], hidden=w1.shape[0], latent=state["vae.dec1.weight"].shape[1])
-    vae.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("vae.")})
-    return vae.eval().requires_grad_(False)
 
 
 def layer_from_state(state: dict[str, torch.Tensor]) -> AlignmentLayer:
@@ -95,16 +87,15 @@ class Predictor:
         """Re-read the library (after a task was learned, removed, renamed or imported)."""
         names, vaes, taus, betas, infos, problems = [], [], [], [], {}, []
         if self.library is not None:
-            problems = self.library.problems()
-            for info in self.library.tasks(self.backbone.identity):
-                if not info.active:
+            for item in self.library.scan(self.backbone.identity):  # each task read once
+                if isinstance(item, str):
+                    problems.append(item)
                     continue
+                info = item.info
                 try:
-                    loaded = self.library.load(info.name)
-                    vae = vae_from_state(loaded.router)
-                except (LibraryError, KeyError, RuntimeError) as e:
-                    if not any(info.name in p for p in problems):
-                        problems.append(f"task '{info.name}' skipped: {e}")
+                    vae = vae_from_state(item.router)
+                except (KeyError, RuntimeError) as e:
+                    problems.append(f"task '{info.name}' skipped: {e}")
                     continue
                 names.append(info.name)
                 vaes.append(vae)

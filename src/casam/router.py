@@ -131,6 +131,14 @@ def fold_indices(n: int, folds: int) -> list[np.ndarray]:
     return [np.arange(k, n, folds) for k in range(folds)]
 
 
+def vae_from_state(state: dict[str, torch.Tensor]) -> VAE:
+    """Rebuild a VAE from the ``vae.*`` entries of a router state dict."""
+    w1 = state["vae.enc1.weight"]
+    vae = VAE(dim=w1.shape[1], hidden=w1.shape[0], latent=state["vae.dec1.weight"].shape[1])
+    vae.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("vae.")})
+    return vae.eval().requires_grad_(False)
+
+
 def fit_router(features: torch.Tensor, *, folds: int, percentile: float, seed: int, beta: float,
                **train: int | float) -> tuple[VAE, float, np.ndarray]:
     """The task's VAE (trained on all features) and its K-fold threshold.

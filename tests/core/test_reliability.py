@@ -321,3 +321,20 @@ def test_threshold_margin_scales_the_calibrated_threshold(tmp_path):
         with pytest.raises(InputError) as e:
             tiny_settings(threshold_margin=bad)
         assert "--threshold-margin" in one_line(e.value)
+
+
+def test_reload_reads_each_task_once(tmp_path, monkeypatch):
+    from test_reliability_helpers import make_info, router_state
+
+    from casam.predictor import Predictor
+
+    lib = TaskLibrary(tmp_path / "lib")
+    for n in ("a", "b", "c"):
+        save_task(lib, n)
+    lib.save(make_info("other model", backbone="sam_vit_b:0123456789ab"), alignment_state(), router_state())
+    reads = []
+    real = TaskLibrary._read_weights
+    monkeypatch.setattr(TaskLibrary, "_read_weights", lambda self, info: reads.append(info.name) or real(self, info))
+    p = Predictor(backbone=TinyBackbone(), library=lib)
+    assert sorted(p.task_names) == ["a", "b", "c"] and p.problems == []
+    assert sorted(reads) == ["a", "b", "c", "other model"]  # the other model's task is verified, not kept
