@@ -72,8 +72,9 @@ MAX_IMPORT_BYTES = 512 << 20
 #: A ``.tmp-*`` folder older than this is a leftover whatever its process id says.
 STALE_TMP_S = 6 * 3600.0
 #: A task's threshold may be at most this many times the highest score of its own training
-#: features under its VAE. Real tasks sit at 1-11x (a 5-fold threshold against the final VAE);
-#: far above, the task would accept nearly any image and SAM fallback could never happen.
+#: features under its VAE. Real tasks sit at 1-16x (a 5-fold threshold times the 1.5 margin,
+#: against the final VAE); far above, the task would accept nearly any image and SAM fallback
+#: could never happen.
 MAX_THRESHOLD_RATIO = 1000.0
 _VAE_KEYS = tuple(f"vae.{m}.{p}" for m in ("enc1", "enc2", "dec1", "dec2") for p in ("weight", "bias"))
 
