@@ -170,7 +170,6 @@ def main(argv=None) -> int:
 
     from casam import Predictor, TaskLibrary
     from casam.metrics import boundary_iou, iou
-    from casam.training import learn_task
 
     names = [t.strip() for t in args.tasks.split(",") if t.strip()]
     all_tasks = {t.name: t for t in load_tasks(args.data_cache)}
@@ -219,14 +218,7 @@ def main(argv=None) -> int:
 
     # ---- CA-SAM: each task learned once with casam's own training ------------------------------
     t0 = time.perf_counter()
-    learn_seconds = {}
-    for n in names:
-        if n in lib_all:
-            continue
-        log(f"CA-SAM: learning '{n}' ({len(train[n])} slices) ...")
-        t1 = time.perf_counter()
-        learn_task([im for im, _ in train[n]], [m for _, m in train[n]], n, predictor=p, settings=s, overwrite=True)
-        learn_seconds[n] = round(time.perf_counter() - t1, 1)
+    learn_seconds = learn_missing(p, names, train, s)
     p.reload_library()
     run["seconds"]["ca_sam_learn"] = round(time.perf_counter() - t0, 1)
     run["ca_sam_learn_seconds"] = learn_seconds
@@ -296,15 +288,10 @@ def main(argv=None) -> int:
 
     # ---- joint training (order-independent) --------------------------------------------------------
     samples = {n: Samples.from_pairs(p, train[n]) for n in names}
-    joint_path = work / "joint.safetensors"
-    if joint_path.is_file():
-        joint = load_layer(joint_path, s.blocks)
-    else:
-        log("joint training ...")
-        t0 = time.perf_counter()
-        joint = train_layer(bb, Samples.cat([samples[n] for n in names]), s)
-        run["seconds"]["joint_train"] = round(time.perf_counter() - t0, 1)
-        save_layer(joint, joint_path)
+    joint, joint_s = saved_layer(work / "joint.safetensors", s.blocks, "joint training",
+                                 lambda: train_layer(bb, Samples.cat([samples[n] for n in names]), s))
+    if joint_s is not None:
+        run["seconds"]["joint_train"] = joint_s
     for n in names:
         scores[(n, "joint")] = layer_scores(p, joint, test[n])
 
@@ -350,16 +337,8 @@ def main(argv=None) -> int:
         p.library = lib_all
         p.reload_library()
         # naive sequential fine-tuning of one layer
-        layer = None
         t0 = time.perf_counter()
-        for j, n in enumerate(order):
-            path = work / f"naive-{oname}-{j}.safetensors"
-            if path.is_file():
-                layer = load_layer(path, s.blocks)
-            else:
-                log(f"  naive: training on '{n}' ...")
-                layer = train_layer(bb, samples[n], s, layer=layer)
-                save_layer(layer, path)
+        for j, layer in enumerate(naive_stages(bb, oname, order, samples.__getitem__, s, work)):
             for k in range(j + 1):
                 put("naive", k, j, layer_scores(p, layer, test[order[k]]))
         naive_s = round(time.perf_counter() - t0, 1)
@@ -395,35 +374,59 @@ def order_list(spec: str, names: list[str]) -> tuple[str, list[str]]:
     return spec, [names[int(i)] for i in spec.split("-")]
 
 
-def train_only(args, p, names, train, s, work) -> int:
-    """Train the requested parts into ``work`` (same files and names as the full run uses)."""
+def learn_missing(p, names, train, s) -> dict[str, float]:
+    """Learn, with casam's own ``learn_task``, each task the predictor's library lacks.
+    Returns the seconds each one took."""
     from casam.training import learn_task
 
+    seconds = {}
+    for n in names:
+        if n in p.library:
+            continue
+        log(f"CA-SAM: learning '{n}' ({len(train[n])} slices) ...")
+        t0 = time.perf_counter()
+        learn_task([im for im, _ in train[n]], [m for _, m in train[n]], n, predictor=p, settings=s, overwrite=True)
+        seconds[n] = round(time.perf_counter() - t0, 1)
+    return seconds
+
+
+def saved_layer(path: Path, blocks: int, what: str, train):
+    """The Alignment Layer saved at ``path``; else ``train()``'s, saved there.
+    Returns (layer, training seconds or None when it was loaded)."""
+    if path.is_file():
+        return load_layer(path, blocks), None
+    log(f"{what} ...")
+    t0 = time.perf_counter()
+    layer = train()
+    seconds = round(time.perf_counter() - t0, 1)
+    save_layer(layer, path)
+    return layer, seconds
+
+
+def naive_stages(bb, oname: str, order: list[str], samples_of, s, work: Path):
+    """Naive fine-tuning: ONE layer trained on order[0], then order[1], ...; yields it after
+    each task (each stage saved in ``work``)."""
+    layer = None
+    for j, n in enumerate(order):
+        layer, _ = saved_layer(work / f"naive-{oname}-{j}.safetensors", s.blocks, f"naive {oname}: training on '{n}'",
+                               lambda prev=layer, n=n: train_layer(bb, samples_of(n), s, layer=prev))
+        yield layer
+
+
+def train_only(args, p, names, train, s, work) -> int:
+    """Train the requested parts into ``work`` (same files and names as the full run uses)."""
     parts = [x.strip() for x in args.train_only.split(",") if x.strip()]
     bb = p.backbone
     for part in parts:
         if part == "casam":
-            for n in names:
-                if n not in p.library:
-                    log(f"CA-SAM: learning '{n}' ...")
-                    learn_task([im for im, _ in train[n]], [m for _, m in train[n]], n, predictor=p, settings=s, overwrite=True)
+            learn_missing(p, names, train, s)
         elif part == "joint":
-            path = work / "joint.safetensors"
-            if not path.is_file():
-                log("joint training ...")
-                joint = train_layer(bb, Samples.cat([Samples.from_pairs(p, train[n]) for n in names]), s)
-                save_layer(joint, path)
+            saved_layer(work / "joint.safetensors", s.blocks, "joint training",
+                        lambda: train_layer(bb, Samples.cat([Samples.from_pairs(p, train[n]) for n in names]), s))
         elif part.startswith("naive-"):
             oname, order = order_list(part[len("naive-"):], names)
-            layer = None
-            for j, n in enumerate(order):
-                path = work / f"naive-{oname}-{j}.safetensors"
-                if path.is_file():
-                    layer = load_layer(path, s.blocks)
-                else:
-                    log(f"naive {oname}: training on '{n}' ...")
-                    layer = train_layer(bb, Samples.from_pairs(p, train[n]), s, layer=layer)
-                    save_layer(layer, path)
+            for _ in naive_stages(bb, oname, order, lambda n: Samples.from_pairs(p, train[n]), s, work):
+                pass
         else:
             raise SystemExit(f"unknown part {part!r}: casam, joint or naive-ORDER")
     return 0
