@@ -159,7 +159,9 @@ class Samples:
 
     @staticmethod
     def cat(parts: Sequence[Samples]) -> Samples:
-        return Samples(*(torch.cat([getattr(p, a) for p in parts]) for a in ("z", "boxes", "targets")))
+        return Samples(
+            *(torch.cat([getattr(p, a) for p in parts]) for a in ("z", "boxes", "targets"))
+        )
 
 
 def train_layer(backbone, samples: Samples, settings, layer=None, seed: int | None = None):
@@ -170,7 +172,9 @@ def train_layer(backbone, samples: Samples, settings, layer=None, seed: int | No
     seed = settings.seed if seed is None else seed
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    it = train_alignment(backbone, samples.z, samples.boxes, samples.targets, settings, layer=layer, gen=gen)
+    it = train_alignment(
+        backbone, samples.z, samples.boxes, samples.targets, settings, layer=layer, gen=gen
+    )
     while True:
         try:
             next(it)

@@ -620,7 +620,12 @@ def ood_images(
     # colour photographs, and grayscale ones (closer to CT and MR than any colour image)
     for n in ("astronaut", "chelsea", "coffee", "rocket", "camera", "coins", "moon"):
         add("photo", f"photo_{n}", getattr(skimage.data, n)(), f"scikit-image data: {n}()")
-    add("astronomy", "astronomy_hubble", skimage.data.hubble_deep_field(), "scikit-image data: hubble_deep_field()")
+    add(
+        "astronomy",
+        "astronomy_hubble",
+        skimage.data.hubble_deep_field(),
+        "scikit-image data: hubble_deep_field()",
+    )
     add(
         "histology",
         "histology_ihc",

@@ -58,7 +58,9 @@ def main() -> int:
             for _ in range(4):
                 enc(x1)
 
-    out["encoder_4_images_ms"] = interleaved({"batch1_x4": enc_b1, "batch4": enc_b4, "bf16_batch1_x4": enc_bf16}, 2)
+    out["encoder_4_images_ms"] = interleaved(
+        {"batch1_x4": enc_b1, "batch4": enc_b4, "bf16_batch1_x4": enc_bf16}, 2
+    )
 
     z = torch.randn(6, 256, 64, 64)
     boxes = torch.tensor([[50.0, 60, 150, 170]] * 6)
@@ -81,6 +83,7 @@ def main() -> int:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+
         return step
 
     zg = z.clone().requires_grad_(True)
@@ -90,6 +93,7 @@ def main() -> int:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 lg, _ = bb.decode(zg, boxes)
             dice_bce(lg[:, 0], tgt).backward()
+
         return f
 
     fns = {}
@@ -98,7 +102,9 @@ def main() -> int:
         fns[f"step_1block_{tag}"] = step_fn(AlignmentLayer(1).train(), bf16)
         fns[f"layer_only_1block_{tag}"] = step_fn(AlignmentLayer(1).train(), bf16, decoder=False)
         fns[f"decoder_only_{tag}"] = decoder_only(bf16)
-        fns[f"step_1block_{tag}_channels_last"] = step_fn(AlignmentLayer(1).train(), bf16, channels_last=True)
+        fns[f"step_1block_{tag}_channels_last"] = step_fn(
+            AlignmentLayer(1).train(), bf16, channels_last=True
+        )
     out["train_step_batch6_ms"] = interleaved(fns, 2)
     print(json.dumps(out, indent=1))
     return 0

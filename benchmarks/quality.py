@@ -59,7 +59,14 @@ from _common import (  # noqa: E402
 #: One task per image domain. CT spleen / MR spleen are left out of the default stream: their
 #: slices are the very images of CT liver / MR liver (other label), and a router that sees only
 #: the image cannot tell two tasks on the same images apart.
-DEFAULT_TASKS = ["MR brain tumour", "CT lung tumour", "MR breast lesion", "CT liver", "MR liver", "microscopy nuclei"]
+DEFAULT_TASKS = [
+    "MR brain tumour",
+    "CT lung tumour",
+    "MR breast lesion",
+    "CT liver",
+    "MR liver",
+    "microscopy nuclei",
+]
 
 PAPER = {  # method.md: SAM ViT-B, 9 medical datasets, RTX A5000
     "plain SAM": {"Last-IoU": 53.81, "Last-BIoU": 36.52},
@@ -106,8 +113,13 @@ def settings_for(schedule: str, overrides=()):
     base["holdout"] = 0.0
     for kv in overrides:
         k, v = kv.split("=", 1)
-        base[k] = None if v == "None" else type(base[k] if base[k] is not None else True)(
-            v if not isinstance(base[k], bool) else v.lower() in ("1", "true", "yes"))
+        base[k] = (
+            None
+            if v == "None"
+            else type(base[k] if base[k] is not None else True)(
+                v if not isinstance(base[k], bool) else v.lower() in ("1", "true", "yes")
+            )
+        )
     return LearnSettings.from_dict(base)
 
 
@@ -117,8 +129,17 @@ def signature(obj) -> str:
 
 #: The engine modules whose code decides what a trained model is. Their source is part of the
 #: work folder's signature, so models trained by an older engine are never reused.
-ENGINE_MODULES = ("alignment", "backbones", "config", "embeddings", "metrics", "predictor", "preprocess",
-                  "router", "training")
+ENGINE_MODULES = (
+    "alignment",
+    "backbones",
+    "config",
+    "embeddings",
+    "metrics",
+    "predictor",
+    "preprocess",
+    "router",
+    "training",
+)
 
 
 def engine_fingerprint() -> str:
@@ -141,22 +162,51 @@ def save_layer(layer, path: Path) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help="comma-separated task names of datasets.load_tasks()")
-    ap.add_argument("--orders", default="forward,reverse",
-                    help="comma-separated: forward, reverse, or a permutation like 3-1-0-2-5-4")
-    ap.add_argument("--max-train", type=int, default=16, help="training slices per task (evenly spread; CPU budget)")
+    ap.add_argument(
+        "--tasks",
+        default=",".join(DEFAULT_TASKS),
+        help="comma-separated task names of datasets.load_tasks()",
+    )
+    ap.add_argument(
+        "--orders",
+        default="forward,reverse",
+        help="comma-separated: forward, reverse, or a permutation like 3-1-0-2-5-4",
+    )
+    ap.add_argument(
+        "--max-train",
+        type=int,
+        default=16,
+        help="training slices per task (evenly spread; CPU budget)",
+    )
     ap.add_argument("--schedule", choices=("default", "paper"), default="default")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override one LearnSettings value (e.g. --set epochs=4); repeatable")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one LearnSettings value (e.g. --set epochs=4); repeatable",
+    )
     ap.add_argument("--data-cache", default=None)
-    ap.add_argument("--work", default="~/.cache/napari-casam/bench-quality", help="trained models kept here")
+    ap.add_argument(
+        "--work", default="~/.cache/napari-casam/bench-quality", help="trained models kept here"
+    )
     ap.add_argument("--embed-only", action="store_true")
-    ap.add_argument("--train-only", default=None, metavar="PARTS",
-                    help="only train (into --work) the comma-separated parts casam, joint, naive-ORDER, then "
-                         "exit: lets separate processes share the training; a later full run only evaluates")
-    ap.add_argument("--note", action="append", default=[], help="a note for the markdown (repeatable)")
-    ap.add_argument("--render", metavar="JSON", default=None,
-                    help="only re-write the markdown from an earlier run's JSON (plus --note)")
+    ap.add_argument(
+        "--train-only",
+        default=None,
+        metavar="PARTS",
+        help="only train (into --work) the comma-separated parts casam, joint, naive-ORDER, then "
+        "exit: lets separate processes share the training; a later full run only evaluates",
+    )
+    ap.add_argument(
+        "--note", action="append", default=[], help="a note for the markdown (repeatable)"
+    )
+    ap.add_argument(
+        "--render",
+        metavar="JSON",
+        default=None,
+        help="only re-write the markdown from an earlier run's JSON (plus --note)",
+    )
     ap.add_argument("--md", default=str(HERE.parent / "docs" / "benchmark-quality.md"))
     ap.add_argument("--json", default=str(HERE / "results" / "quality.json"))
     args = ap.parse_args(argv)
@@ -184,13 +234,22 @@ def main(argv=None) -> int:
 
     s = settings_for(args.schedule, args.set)
     work = Path(args.work).expanduser() / (
-        f"{args.schedule}-{signature([s.to_dict(), args.max_train, names, engine_fingerprint()])}")
+        f"{args.schedule}-{signature([s.to_dict(), args.max_train, names, engine_fingerprint()])}"
+    )
     lib_all = TaskLibrary(work / "lib-all")
     p = Predictor(library=lib_all, disk_cache=EMB_CACHE)
     bb = p.backbone
-    run = {"machine": machine(), "backbone": bb.identity, "settings": s.to_dict(), "schedule": args.schedule,
-           "notes": list(args.note), "engine": engine_fingerprint(),
-           "max_train": args.max_train, "tasks": [], "seconds": {}}
+    run = {
+        "machine": machine(),
+        "backbone": bb.identity,
+        "settings": s.to_dict(),
+        "schedule": args.schedule,
+        "notes": list(args.note),
+        "engine": engine_fingerprint(),
+        "max_train": args.max_train,
+        "tasks": [],
+        "seconds": {},
+    }
 
     if args.train_only:
         return train_only(args, p, names, train, s, work)
@@ -207,8 +266,17 @@ def main(argv=None) -> int:
     if args.embed_only:
         return 0
     for t in tasks:
-        run["tasks"].append({"name": t.name, "modality": t.modality, "train_used": len(train[t.name]),
-                             "train_available": len(t.train), "test": len(t.test), "source": t.source, "split": t.split})
+        run["tasks"].append(
+            {
+                "name": t.name,
+                "modality": t.modality,
+                "train_used": len(train[t.name]),
+                "train_available": len(t.train),
+                "test": len(t.test),
+                "source": t.source,
+                "split": t.split,
+            }
+        )
 
     # ---- plain SAM -----------------------------------------------------------------------------
     log("plain SAM ...")
@@ -242,14 +310,27 @@ def main(argv=None) -> int:
 
     # ---- routing with the full library ------------------------------------------------------------
     routed_all = {n: [p.route_embedding(p.embed(img)).task for img, _ in test[n]] for n in names}
-    run["routing"] = {n: {"correct": sum(r == n for r in routed_all[n]), "fallback": sum(r is None for r in routed_all[n]),
-                          "other": {o: sum(r == o for r in routed_all[n]) for o in names if o != n and any(r == o for r in routed_all[n])},
-                          "n": len(test[n])} for n in names}
+    run["routing"] = {
+        n: {
+            "correct": sum(r == n for r in routed_all[n]),
+            "fallback": sum(r is None for r in routed_all[n]),
+            "other": {
+                o: sum(r == o for r in routed_all[n])
+                for o in names
+                if o != n and any(r == o for r in routed_all[n])
+            },
+            "n": len(test[n]),
+        }
+        for n in names
+    }
     tot = sum(sizes.values())
     run["routing_accuracy"] = sum(v["correct"] for v in run["routing"].values()) / tot
     run["known_fallback_share"] = sum(v["fallback"] for v in run["routing"].values()) / tot
     ood_routes = [(kind, p.route_embedding(p.embed(img))) for kind, img in ood]
-    run["ood"] = [{"kind": kind, "task": r.task, "best": r.best, "score": r.score, "threshold": r.threshold} for kind, r in ood_routes]
+    run["ood"] = [
+        {"kind": kind, "task": r.task, "best": r.best, "score": r.score, "threshold": r.threshold}
+        for kind, r in ood_routes
+    ]
     run["ood_accuracy"] = float(np.mean([r.task is None for _, r in ood_routes]))
 
     # ---- router strictness: the threshold percentile swept after the fact -------------------------
@@ -259,17 +340,33 @@ def main(argv=None) -> int:
     from casam.router import fit_router
 
     log("router strictness sweep ...")
-    vae_kw = dict(steps=s.vae_steps, batch=s.vae_batch, lr=s.vae_lr, hidden=s.vae_hidden, latent=s.vae_latent)
+    vae_kw = dict(
+        steps=s.vae_steps, batch=s.vae_batch, lr=s.vae_lr, hidden=s.vae_hidden, latent=s.vae_latent
+    )
     cv = {}
     for n in names:
         feats = torch.stack([p.embed(img).feature for img, _ in train[n]]).float()
-        _, thr, cv[n] = fit_router(feats, folds=s.folds, percentile=s.percentile, seed=s.seed, beta=s.beta, **vae_kw)
+        _, thr, cv[n] = fit_router(
+            feats, folds=s.folds, percentile=s.percentile, seed=s.seed, beta=s.beta, **vae_kw
+        )
         thr *= s.threshold_margin
-        run.setdefault("threshold_reproduced", {})[n] = abs(thr - run["thresholds"][n]) <= 1e-5 * abs(run["thresholds"][n])
-    known = [(n, k, p.route_embedding(p.embed(img)).scores) for n in names for k, (img, _) in enumerate(test[n])]
+        run.setdefault("threshold_reproduced", {})[n] = abs(
+            thr - run["thresholds"][n]
+        ) <= 1e-5 * abs(run["thresholds"][n])
+    known = [
+        (n, k, p.route_embedding(p.embed(img)).scores)
+        for n in names
+        for k, (img, _) in enumerate(test[n])
+    ]
     ood_scores = [r.scores for _, r in ood_routes]
-    rules = [(f"{q:g}th percentile", {n: float(np.percentile(cv[n], q)) for n in names}) for q in (90, 95, 97, 99, 100)]
-    rules += [(f"{f:g} x 97th percentile", {n: f * float(np.percentile(cv[n], 97)) for n in names}) for f in (1.25, 1.5, 2, 3)]
+    rules = [
+        (f"{q:g}th percentile", {n: float(np.percentile(cv[n], q)) for n in names})
+        for q in (90, 95, 97, 99, 100)
+    ]
+    rules += [
+        (f"{f:g} x 97th percentile", {n: f * float(np.percentile(cv[n], 97)) for n in names})
+        for f in (1.25, 1.5, 2, 3)
+    ]
 
     def decide(sc, thr):
         best = min(sc, key=sc.get)
@@ -279,17 +376,26 @@ def main(argv=None) -> int:
     for label, thr in rules:
         routes = [(n, k, decide(sc, thr)) for n, k, sc in known]
         vals = np.array([score_with(n, k, r) for n, k, r in routes])
-        run["strictness"].append({
-            "rule": label, "routing_accuracy": float(np.mean([r == n for n, _, r in routes])),
-            "fallback": float(np.mean([r is None for _, _, r in routes])),
-            "wrong_task": float(np.mean([r is not None and r != n for n, _, r in routes])),
-            "ood_accuracy": float(np.mean([decide(sc, thr) is None for sc in ood_scores])),
-            "iou": float(vals[:, 0].mean()) * 100, "biou": float(vals[:, 1].mean()) * 100})
+        run["strictness"].append(
+            {
+                "rule": label,
+                "routing_accuracy": float(np.mean([r == n for n, _, r in routes])),
+                "fallback": float(np.mean([r is None for _, _, r in routes])),
+                "wrong_task": float(np.mean([r is not None and r != n for n, _, r in routes])),
+                "ood_accuracy": float(np.mean([decide(sc, thr) is None for sc in ood_scores])),
+                "iou": float(vals[:, 0].mean()) * 100,
+                "biou": float(vals[:, 1].mean()) * 100,
+            }
+        )
 
     # ---- joint training (order-independent) --------------------------------------------------------
     samples = {n: Samples.from_pairs(p, train[n]) for n in names}
-    joint, joint_s = saved_layer(work / "joint.safetensors", s.blocks, "joint training",
-                                 lambda: train_layer(bb, Samples.cat([samples[n] for n in names]), s))
+    joint, joint_s = saved_layer(
+        work / "joint.safetensors",
+        s.blocks,
+        "joint training",
+        lambda: train_layer(bb, Samples.cat([samples[n] for n in names]), s),
+    )
     if joint_s is not None:
         run["seconds"]["joint_train"] = joint_s
     for n in names:
@@ -348,11 +454,27 @@ def main(argv=None) -> int:
             last_only = m == "joint"
             mi = cl_metrics(R[m][0], sz, last_only)
             mb = cl_metrics(R[m][1], sz, last_only)
-            table[m] = {**{f"{k}-IoU": v for k, v in mi.items()}, **{f"{k}-BIoU": v for k, v in mb.items()}}
-        per_task = {m: {order[k]: [R[m][0][(k, N - 1)] * 100, R[m][1][(k, N - 1)] * 100] for k in range(N)} for m in METHODS}
-        matrix = {m: {f"{k},{j}": R[m][0][(k, j)] for (k, j) in R[m][0]} for m in ("naive", "CA-SAM")}
-        run["orders"].append({"name": oname, "order": order, "table": table, "per_task_last": per_task,
-                              "R_iou": matrix, "naive_train_s": naive_s})
+            table[m] = {
+                **{f"{k}-IoU": v for k, v in mi.items()},
+                **{f"{k}-BIoU": v for k, v in mb.items()},
+            }
+        per_task = {
+            m: {order[k]: [R[m][0][(k, N - 1)] * 100, R[m][1][(k, N - 1)] * 100] for k in range(N)}
+            for m in METHODS
+        }
+        matrix = {
+            m: {f"{k},{j}": R[m][0][(k, j)] for (k, j) in R[m][0]} for m in ("naive", "CA-SAM")
+        }
+        run["orders"].append(
+            {
+                "name": oname,
+                "order": order,
+                "table": table,
+                "per_task_last": per_task,
+                "R_iou": matrix,
+                "naive_train_s": naive_s,
+            }
+        )
         log(json.dumps(table))
     run["seconds"]["total"] = round(time.perf_counter() - t_start, 1)
     run["peak_rss_mb"] = peak_rss_mb()
@@ -385,7 +507,14 @@ def learn_missing(p, names, train, s) -> dict[str, float]:
             continue
         log(f"CA-SAM: learning '{n}' ({len(train[n])} slices) ...")
         t0 = time.perf_counter()
-        learn_task([im for im, _ in train[n]], [m for _, m in train[n]], n, predictor=p, settings=s, overwrite=True)
+        learn_task(
+            [im for im, _ in train[n]],
+            [m for _, m in train[n]],
+            n,
+            predictor=p,
+            settings=s,
+            overwrite=True,
+        )
         seconds[n] = round(time.perf_counter() - t0, 1)
     return seconds
 
@@ -408,8 +537,12 @@ def naive_stages(bb, oname: str, order: list[str], samples_of, s, work: Path):
     each task (each stage saved in ``work``)."""
     layer = None
     for j, n in enumerate(order):
-        layer, _ = saved_layer(work / f"naive-{oname}-{j}.safetensors", s.blocks, f"naive {oname}: training on '{n}'",
-                               lambda prev=layer, n=n: train_layer(bb, samples_of(n), s, layer=prev))
+        layer, _ = saved_layer(
+            work / f"naive-{oname}-{j}.safetensors",
+            s.blocks,
+            f"naive {oname}: training on '{n}'",
+            lambda prev=layer, n=n: train_layer(bb, samples_of(n), s, layer=prev),
+        )
         yield layer
 
 
@@ -421,11 +554,19 @@ def train_only(args, p, names, train, s, work) -> int:
         if part == "casam":
             learn_missing(p, names, train, s)
         elif part == "joint":
-            saved_layer(work / "joint.safetensors", s.blocks, "joint training",
-                        lambda: train_layer(bb, Samples.cat([Samples.from_pairs(p, train[n]) for n in names]), s))
+            saved_layer(
+                work / "joint.safetensors",
+                s.blocks,
+                "joint training",
+                lambda: train_layer(
+                    bb, Samples.cat([Samples.from_pairs(p, train[n]) for n in names]), s
+                ),
+            )
         elif part.startswith("naive-"):
-            oname, order = order_list(part[len("naive-"):], names)
-            for _ in naive_stages(bb, oname, order, lambda n: Samples.from_pairs(p, train[n]), s, work):
+            oname, order = order_list(part[len("naive-") :], names)
+            for _ in naive_stages(
+                bb, oname, order, lambda n: Samples.from_pairs(p, train[n]), s, work
+            ):
                 pass
         else:
             raise SystemExit(f"unknown part {part!r}: casam, joint or naive-ORDER")
@@ -443,89 +584,139 @@ def render(run: dict) -> str:
     s = run["settings"]
     L = []
     L.append("# Quality benchmark: continual learning on real tasks\n")
-    L.append("Written by `python benchmarks/quality.py` (see its docstring for the protocol). "
-             "Do not edit by hand: re-run the script.\n")
-    L.append(f"- Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['threads']} threads), "
-             f"bf16 native: {m['bf16_native']}; load average {m['load_avg_1m_at_start']} at start, "
-             f"{m.get('load_avg_1m_at_end')} at end (shared machine).")
+    L.append(
+        "Written by `python benchmarks/quality.py` (see its docstring for the protocol). "
+        "Do not edit by hand: re-run the script.\n"
+    )
+    L.append(
+        f"- Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['threads']} threads), "
+        f"bf16 native: {m['bf16_native']}; load average {m['load_avg_1m_at_start']} at start, "
+        f"{m.get('load_avg_1m_at_end')} at end (shared machine)."
+    )
     L.append(f"- Date: {m['date']}; backbone: `{run['backbone']}` (LiteMedSAM, frozen).")
-    L.append(f"- Schedule ({run['schedule']}): {s['blocks']} block(s), {s['epochs']} epochs, batch {s['batch_size']}, "
-             f"lr {s['lr']:g}, bf16 {s['bf16']}, box jitter {s['box_jitter']}, VAE {s['vae_steps']} steps, "
-             f"beta {s['beta']}, threshold {s.get('threshold_margin', 1.0):g} x the {s['percentile']:g}th percentile "
-             f"of the {s['folds']}-fold held-out scores. "
-             "The same schedule for every layer (CA-SAM, naive, joint).")
-    L.append(f"- At most {run['max_train']} training slices per task (evenly spread over the task's training "
-             "split) to fit a 2-core CPU; the whole test split is used. Prompts: the ground-truth mask's "
-             "bounding box (one per image). One seed.")
-    L.append(f"- Wall time: {run['seconds'].get('total')} s in total; peak RSS {run['peak_rss_mb']} MB.\n")
+    L.append(
+        f"- Schedule ({run['schedule']}): {s['blocks']} block(s), {s['epochs']} epochs, batch {s['batch_size']}, "
+        f"lr {s['lr']:g}, bf16 {s['bf16']}, box jitter {s['box_jitter']}, VAE {s['vae_steps']} steps, "
+        f"beta {s['beta']}, threshold {s.get('threshold_margin', 1.0):g} x the {s['percentile']:g}th percentile "
+        f"of the {s['folds']}-fold held-out scores. "
+        "The same schedule for every layer (CA-SAM, naive, joint)."
+    )
+    L.append(
+        f"- At most {run['max_train']} training slices per task (evenly spread over the task's training "
+        "split) to fit a 2-core CPU; the whole test split is used. Prompts: the ground-truth mask's "
+        "bounding box (one per image). One seed."
+    )
+    L.append(
+        f"- Wall time: {run['seconds'].get('total')} s in total; peak RSS {run['peak_rss_mb']} MB.\n"
+    )
     for note in run.get("notes", []):
         L.append(f"> {note}\n")
     L.append("## Tasks\n")
     L.append("| # | task | modality | train used / available | test | split | source |")
     L.append("|---|---|---|---|---|---|---|")
     for i, t in enumerate(run["tasks"]):
-        L.append(f"| {i} | {t['name']} | {t['modality']} | {t['train_used']} / {t['train_available']} | {t['test']} | {t['split']} | {t['source']} |")
-    L.append("\nCT spleen and MR spleen (also in `datasets.load_tasks()`) are left out: their slices are the "
-             "same images as CT liver and MR liver with another label, and CA-SAM's router sees only the "
-             "image, so two tasks on the same images cannot be told apart by design.\n")
-    L.append("IoU and Boundary IoU in points (x100); FF (forgetting) in points too. "
-             "Joint training has no sequence, so only its Last values are defined.\n")
+        L.append(
+            f"| {i} | {t['name']} | {t['modality']} | {t['train_used']} / {t['train_available']} | {t['test']} | {t['split']} | {t['source']} |"
+        )
+    L.append(
+        "\nCT spleen and MR spleen (also in `datasets.load_tasks()`) are left out: their slices are the "
+        "same images as CT liver and MR liver with another label, and CA-SAM's router sees only the "
+        "image, so two tasks on the same images cannot be told apart by design.\n"
+    )
+    L.append(
+        "IoU and Boundary IoU in points (x100); FF (forgetting) in points too. "
+        "Joint training has no sequence, so only its Last values are defined.\n"
+    )
     for o in run["orders"]:
         L.append(f"## Order {o['name']}: " + " -> ".join(o["order"]) + "\n")
         L.append("| method | Last-IoU | Avg-IoU | FF-IoU | Last-BIoU | Avg-BIoU | FF-BIoU |")
         L.append("|---|---|---|---|---|---|---|")
         for meth, row in o["table"].items():
-            cells = [fmt(row.get(k)) for k in ("Last-IoU", "Avg-IoU", "FF-IoU", "Last-BIoU", "Avg-BIoU", "FF-BIoU")]
+            cells = [
+                fmt(row.get(k))
+                for k in ("Last-IoU", "Avg-IoU", "FF-IoU", "Last-BIoU", "Avg-BIoU", "FF-BIoU")
+            ]
             L.append(f"| {meth} | " + " | ".join(cells) + " |")
         L.append("")
         L.append("Final IoU per task (after all tasks):\n")
         L.append("| task | " + " | ".join(o["per_task_last"]) + " |")
         L.append("|---|" + "---|" * len(o["per_task_last"]))
         for n in o["order"]:
-            L.append(f"| {n} | " + " | ".join(f"{o['per_task_last'][meth][n][0]:.1f}" for meth in o["per_task_last"]) + " |")
+            L.append(
+                f"| {n} | "
+                + " | ".join(f"{o['per_task_last'][meth][n][0]:.1f}" for meth in o["per_task_last"])
+                + " |"
+            )
         L.append("")
     L.append("## Routing (all tasks learned)\n")
-    L.append(f"Routing accuracy on known tasks: **{run['routing_accuracy'] * 100:.1f}%** of test images "
-             f"routed to their own task ({run['known_fallback_share'] * 100:.1f}% fell back to SAM).  ")
-    L.append(f"OOD accuracy: **{run['ood_accuracy'] * 100:.1f}%** of {len(run['ood'])} images of unseen kinds "
-             "routed to plain SAM.\n")
+    L.append(
+        f"Routing accuracy on known tasks: **{run['routing_accuracy'] * 100:.1f}%** of test images "
+        f"routed to their own task ({run['known_fallback_share'] * 100:.1f}% fell back to SAM).  "
+    )
+    L.append(
+        f"OOD accuracy: **{run['ood_accuracy'] * 100:.1f}%** of {len(run['ood'])} images of unseen kinds "
+        "routed to plain SAM.\n"
+    )
     L.append("| task | test images | own task | SAM fallback | other tasks | threshold |")
     L.append("|---|---|---|---|---|---|")
     for n, r in run["routing"].items():
         other = ", ".join(f"{k}: {v}" for k, v in r["other"].items()) or "–"
-        L.append(f"| {n} | {r['n']} | {r['correct']} | {r['fallback']} | {other} | {run['thresholds'][n]:.3g} |")
+        L.append(
+            f"| {n} | {r['n']} | {r['correct']} | {r['fallback']} | {other} | {run['thresholds'][n]:.3g} |"
+        )
     L.append("\n| OOD image kind | routed to | best task (score / its threshold) |")
     L.append("|---|---|---|")
     for r in run["ood"]:
-        L.append(f"| {r['kind']} | {r['task'] or 'SAM'} | {r['best']} ({r['score']:.3g} / {r['threshold']:.3g}) |")
+        L.append(
+            f"| {r['kind']} | {r['task'] or 'SAM'} | {r['best']} ({r['score']:.3g} / {r['threshold']:.3g}) |"
+        )
     if run.get("strictness"):
         L.append("\n## Router strictness\n")
-        L.append(f"A task accepts an image when its score is at most a threshold made from its {s['folds']}-fold "
-                 f"held-out scores. The paper's rule is their {s['percentile']:g}th percentile; the shipped rule "
-                 f"(the tables above) is {s.get('threshold_margin', 1.0):g} x that percentile. Below, the same "
-                 "final VAEs re-thresholded by other rules, all tasks learned, on every known test image "
-                 "(IoU and BIoU: mean over all test images, with the routed task's layer or plain SAM) and the "
-                 "OOD images. Per-task thresholds reproduced from the recomputed fold scores: "
-                 f"{sum(run['threshold_reproduced'].values())} of {len(run['threshold_reproduced'])}.\n")
-        L.append("| rule | routed to own task | SAM fallback | wrong task | OOD to SAM | IoU | BIoU |")
+        L.append(
+            f"A task accepts an image when its score is at most a threshold made from its {s['folds']}-fold "
+            f"held-out scores. The paper's rule is their {s['percentile']:g}th percentile; the shipped rule "
+            f"(the tables above) is {s.get('threshold_margin', 1.0):g} x that percentile. Below, the same "
+            "final VAEs re-thresholded by other rules, all tasks learned, on every known test image "
+            "(IoU and BIoU: mean over all test images, with the routed task's layer or plain SAM) and the "
+            "OOD images. Per-task thresholds reproduced from the recomputed fold scores: "
+            f"{sum(run['threshold_reproduced'].values())} of {len(run['threshold_reproduced'])}.\n"
+        )
+        L.append(
+            "| rule | routed to own task | SAM fallback | wrong task | OOD to SAM | IoU | BIoU |"
+        )
         L.append("|---|---|---|---|---|---|---|")
         for r in run["strictness"]:
-            L.append(f"| {r['rule']} | {r['routing_accuracy'] * 100:.1f}% | {r['fallback'] * 100:.1f}% | "
-                     f"{r['wrong_task'] * 100:.1f}% | {r['ood_accuracy'] * 100:.1f}% | {r['iou']:.2f} | {r['biou']:.2f} |")
+            L.append(
+                f"| {r['rule']} | {r['routing_accuracy'] * 100:.1f}% | {r['fallback'] * 100:.1f}% | "
+                f"{r['wrong_task'] * 100:.1f}% | {r['ood_accuracy'] * 100:.1f}% | {r['iou']:.2f} | {r['biou']:.2f} |"
+            )
     L.append("\n## The paper's numbers beside ours\n")
-    L.append("Paper: SAM ViT-B, 9 medical datasets, GPU, its full schedule; ours: LiteMedSAM, the real tasks above, "
-             "CPU. The settings differ, so compare the gaps between methods rather than the absolute values.\n")
-    L.append("| method | paper Last-IoU | paper Avg-IoU | paper FF-IoU | paper Last-BIoU | " +
-             " | ".join(f"ours ({o['name']}) Last / Avg / FF IoU, Last-BIoU" for o in run["orders"]) + " |")
+    L.append(
+        "Paper: SAM ViT-B, 9 medical datasets, GPU, its full schedule; ours: LiteMedSAM, the real tasks above, "
+        "CPU. The settings differ, so compare the gaps between methods rather than the absolute values.\n"
+    )
+    L.append(
+        "| method | paper Last-IoU | paper Avg-IoU | paper FF-IoU | paper Last-BIoU | "
+        + " | ".join(f"ours ({o['name']}) Last / Avg / FF IoU, Last-BIoU" for o in run["orders"])
+        + " |"
+    )
     L.append("|---|---|---|---|---|" + "---|" * len(run["orders"]))
     for meth in METHODS:
         pp = PAPER.get(meth, {})
         ours = []
         for o in run["orders"]:
             r = o["table"][meth]
-            ours.append(" / ".join(fmt(r.get(k)) for k in ("Last-IoU", "Avg-IoU", "FF-IoU")) + f", {fmt(r.get('Last-BIoU'))}")
-        L.append(f"| {meth} | " + " | ".join(fmt(pp.get(k)) for k in ("Last-IoU", "Avg-IoU", "FF-IoU", "Last-BIoU")) +
-                 " | " + " | ".join(ours) + " |")
+            ours.append(
+                " / ".join(fmt(r.get(k)) for k in ("Last-IoU", "Avg-IoU", "FF-IoU"))
+                + f", {fmt(r.get('Last-BIoU'))}"
+            )
+        L.append(
+            f"| {meth} | "
+            + " | ".join(fmt(pp.get(k)) for k in ("Last-IoU", "Avg-IoU", "FF-IoU", "Last-BIoU"))
+            + " | "
+            + " | ".join(ours)
+            + " |"
+        )
     L.append("\nPaper's OOD routing accuracy on five unseen datasets: 99.42%.\n")
     L.append("## Time\n")
     L.append("| step | seconds |")
@@ -535,7 +726,9 @@ def render(run: dict) -> str:
     for k, v in run.get("ca_sam_learn_seconds", {}).items():
         L.append(f"| learn_task '{k}' | {v} |")
     for o in run["orders"]:
-        L.append(f"| naive fine-tuning, order {o['name']} (incl. evaluation) | {o['naive_train_s']} |")
+        L.append(
+            f"| naive fine-tuning, order {o['name']} (incl. evaluation) | {o['naive_train_s']} |"
+        )
     return "\n".join(L) + "\n"
 
 

@@ -74,8 +74,15 @@ def load_paper_ref(path: str, wait_s: float) -> dict | None:
     row = next((r for r in tuned["rows"] if r["name"] == "paper"), None)
     if row is None:
         return None
-    return {"file": path, "date": tuned["machine"]["date"], "iou": row["iou"], "iou_sam": tuned["heldout_iou_sam"],
-            "gain": row["gain"], "train_s_cached_embeddings": row["train_s"], "threads": tuned["machine"]["threads"]}
+    return {
+        "file": path,
+        "date": tuned["machine"]["date"],
+        "iou": row["iou"],
+        "iou_sam": tuned["heldout_iou_sam"],
+        "gain": row["gain"],
+        "train_s_cached_embeddings": row["train_s"],
+        "threads": tuned["machine"]["threads"],
+    }
 
 
 def learn(images, masks, name, predictor, settings):
@@ -99,19 +106,39 @@ def learn(images, masks, name, predictor, settings):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--json", action="store_true", help="print one JSON object (else a readable list)")
-    ap.add_argument("--data-cache", default=None, help="datasets cache folder (default: $CASAM_BENCH_DATA or ~/.cache/napari-casam/bench-data)")
-    ap.add_argument("--no-paper", action="store_true", help="skip learning with the paper's schedule (slow)")
-    ap.add_argument("--paper-from", metavar="JSON", default=None,
-                    help="take the paper schedule's held-out IoU gain from a tune_schedule.py result with a "
-                         "'paper' row (same slices, same held-out set) instead of learning it again")
-    ap.add_argument("--paper-wait", type=float, default=0, help="seconds to wait for --paper-from to appear")
-    ap.add_argument("--extra-tasks", metavar="LIBRARY", default=None,
-                    help="copy this library's tasks (same backbone) into the measured library before the decode "
-                         "and routing measurements, so the predictor routes among several real tasks "
-                         "(e.g. the quality benchmark's lib-all)")
+    ap.add_argument(
+        "--json", action="store_true", help="print one JSON object (else a readable list)"
+    )
+    ap.add_argument(
+        "--data-cache",
+        default=None,
+        help="datasets cache folder (default: $CASAM_BENCH_DATA or ~/.cache/napari-casam/bench-data)",
+    )
+    ap.add_argument(
+        "--no-paper", action="store_true", help="skip learning with the paper's schedule (slow)"
+    )
+    ap.add_argument(
+        "--paper-from",
+        metavar="JSON",
+        default=None,
+        help="take the paper schedule's held-out IoU gain from a tune_schedule.py result with a "
+        "'paper' row (same slices, same held-out set) instead of learning it again",
+    )
+    ap.add_argument(
+        "--paper-wait", type=float, default=0, help="seconds to wait for --paper-from to appear"
+    )
+    ap.add_argument(
+        "--extra-tasks",
+        metavar="LIBRARY",
+        default=None,
+        help="copy this library's tasks (same backbone) into the measured library before the decode "
+        "and routing measurements, so the predictor routes among several real tasks "
+        "(e.g. the quality benchmark's lib-all)",
+    )
     ap.add_argument("--repeats", type=int, default=40, help="samples of the decode / route medians")
-    ap.add_argument("--encoder-repeats", type=int, default=5, help="encoder samples before and after learning")
+    ap.add_argument(
+        "--encoder-repeats", type=int, default=5, help="encoder samples before and after learning"
+    )
     args = ap.parse_args(argv)
 
     from casam import LearnSettings, Predictor, TaskLibrary
@@ -127,8 +154,12 @@ def main(argv=None) -> int:
     train, held = speed_slices(args.data_cache, 20)
     images = [im for im, _ in train]
     masks = [m for _, m in train]
-    out["data"] = {"task": SPEED_TASK, "train_slices": len(train), "heldout_slices": len(held),
-                   "heldout": "the task's fixed test split (other axial blocks of the same CT)"}
+    out["data"] = {
+        "task": SPEED_TASK,
+        "train_slices": len(train),
+        "heldout_slices": len(held),
+        "heldout": "the task's fixed test split (other axial blocks of the same CT)",
+    }
 
     # ---- encoder (reference unit) -------------------------------------------------------------
     x, _ = bb.prepare(images[0])
@@ -230,8 +261,13 @@ def main(argv=None) -> int:
     def bare():
         with torch.no_grad():
             sparse, dense = bb.prompt_encoder(points=None, boxes=bt, masks=None)
-            bb.mask_decoder(image_embeddings=z, image_pe=pe, sparse_prompt_embeddings=sparse,
-                            dense_prompt_embeddings=dense, multimask_output=False)
+            bb.mask_decoder(
+                image_embeddings=z,
+                image_pe=pe,
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=False,
+            )
 
     def full():
         pred = p.predict(box)
@@ -253,7 +289,9 @@ def main(argv=None) -> int:
     f = attention_pool(e.z)
     for n in (100, 1000):
         bank = random_bank(n)
-        out[f"route_ms_{n}"] = round(median_ms(lambda b=bank: b.route(f), args.repeats, warmup=3), 2)
+        out[f"route_ms_{n}"] = round(
+            median_ms(lambda b=bank: b.route(f), args.repeats, warmup=3), 2
+        )
 
     p_route = median_ms(lambda: p.route_embedding(e), args.repeats, warmup=3)
     out["route_ms_library"] = round(p_route, 3)

@@ -59,7 +59,9 @@ CONFIGS: dict[str, dict] = {
     "1b 8e lr3e-3": dict(blocks=1, epochs=8, lr=3e-3, batch_size=6),
     "1b 6e lr3e-4 fp32": dict(blocks=1, epochs=6, lr=3e-4, batch_size=6, bf16=False),
 }
-DEFAULT_RUN = "paper,1b 6e lr1e-3,1b 8e lr1e-3,1b 12e lr1e-3,1b 6e lr3e-3,1b 8e lr3e-3,1b 8e lr1e-3 fp32"
+DEFAULT_RUN = (
+    "paper,1b 6e lr1e-3,1b 8e lr1e-3,1b 12e lr1e-3,1b 6e lr3e-3,1b 8e lr3e-3,1b 8e lr1e-3 fp32"
+)
 
 KEYS = ("blocks", "epochs", "batch_size", "lr", "bf16", "vae_steps")
 
@@ -99,12 +101,19 @@ def micro(predictor, train, reps: int = 3) -> list[dict]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--configs", default=DEFAULT_RUN, help=f"comma-separated names of: {', '.join(CONFIGS)}")
+    ap.add_argument(
+        "--configs", default=DEFAULT_RUN, help=f"comma-separated names of: {', '.join(CONFIGS)}"
+    )
     ap.add_argument("--data-cache", default=None)
     ap.add_argument("--micro", action="store_true", help="time single training steps first")
     ap.add_argument("--out", default=str(HERE / "results" / "tune_schedule.json"))
-    ap.add_argument("--merge", nargs="+", metavar="JSON", help="only print the table of earlier runs' JSON files "
-                    "(e.g. sweeps split over processes); each run's rows keep their own encoder reference")
+    ap.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="JSON",
+        help="only print the table of earlier runs' JSON files "
+        "(e.g. sweeps split over processes); each run's rows keep their own encoder reference",
+    )
     args = ap.parse_args(argv)
     if args.merge:
         runs = [json.loads(Path(f).read_text()) for f in args.merge]
@@ -151,14 +160,26 @@ def main(argv=None) -> int:
         s = settings_for(CONFIGS[name])
         marks: dict[str, float] = {}
         t0 = time.perf_counter()
-        learn_task(images, masks, f"t{k}", predictor=p, settings=s,
-                   callback=lambda pr, marks=marks: marks.__setitem__(pr.stage, time.perf_counter()))
+        learn_task(
+            images,
+            masks,
+            f"t{k}",
+            predictor=p,
+            settings=s,
+            callback=lambda pr, marks=marks: marks.__setitem__(pr.stage, time.perf_counter()),
+        )
         secs = time.perf_counter() - t0
         t_iou, t_biou = heldout_iou(p, held, f"t{k}")
-        row = {"name": name, **{key: getattr(s, key) for key in KEYS}, "train_s": round(secs, 1),
-               "align_s": round(marks.get("align", t0) - marks.get("embed", t0), 1),
-               "vae_s": round(marks.get("vae", t0) - marks.get("align", t0), 1),
-               "iou": round(t_iou, 4), "biou": round(t_biou, 4), "gain": round(t_iou - sam_iou, 4)}
+        row = {
+            "name": name,
+            **{key: getattr(s, key) for key in KEYS},
+            "train_s": round(secs, 1),
+            "align_s": round(marks.get("align", t0) - marks.get("embed", t0), 1),
+            "vae_s": round(marks.get("vae", t0) - marks.get("align", t0), 1),
+            "iou": round(t_iou, 4),
+            "biou": round(t_biou, 4),
+            "gain": round(t_iou - sam_iou, 4),
+        }
         result["rows"].append(row)
         log(json.dumps(row))
         sample_encoder(1)
@@ -181,13 +202,19 @@ def print_table(runs: list[dict]) -> None:
     """One table over one or more runs; gain/paper uses the "paper" row of any run."""
     result = runs[0]
     sam_iou = result["heldout_iou_sam"]
-    paper_gain = next((r["gain"] for run in runs for r in run["rows"] if r["name"] == "paper"), None)
-    print(f"machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, torch {result['machine']['torch']}, "
-          f"{result['machine']['threads']} threads, {result['machine']['date']}")
+    paper_gain = next(
+        (r["gain"] for run in runs for r in run["rows"] if r["name"] == "paper"), None
+    )
+    print(
+        f"machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, torch {result['machine']['torch']}, "
+        f"{result['machine']['threads']} threads, {result['machine']['date']}"
+    )
     for run in runs:
-        print(f"run {run['machine']['date']} ({run['machine']['threads']} threads, load {run['machine']['load_avg_1m_at_start']}"
-              f"..{run['machine'].get('load_avg_1m_at_end')}): encoder {run['encoder_ms']:.0f} ms (median) -> target "
-              f"learn_s_20 <= {run['learn_target_s']:.0f} s; rows: {', '.join(r['name'] for r in run['rows'])}")
+        print(
+            f"run {run['machine']['date']} ({run['machine']['threads']} threads, load {run['machine']['load_avg_1m_at_start']}"
+            f"..{run['machine'].get('load_avg_1m_at_end')}): encoder {run['encoder_ms']:.0f} ms (median) -> target "
+            f"learn_s_20 <= {run['learn_target_s']:.0f} s; rows: {', '.join(r['name'] for r in run['rows'])}"
+        )
     print(f"plain SAM held-out IoU {sam_iou:.4f}")
     head = f"{'settings':<20} {'target s':>8} {'blk':>3} {'ep':>3} {'bat':>3} {'lr':>7} {'bf16':>5} {'vae':>4} {'train s':>8} {'align s':>8} {'vae s':>6} {'learn_s_20 est':>14} {'IoU':>7} {'BIoU':>7} {'gain':>7} {'gain/paper':>10}"
     print(head)
@@ -195,9 +222,11 @@ def print_table(runs: list[dict]) -> None:
     rows = [(run, r) for run in runs for r in run["rows"]]
     for run, r in rows:
         gvp = f"{r['gain'] / paper_gain:.3f}" if paper_gain else "-"
-        print(f"{r['name']:<20} {run['learn_target_s']:>8.1f} {r['blocks']:>3} {r['epochs']:>3} {r['batch_size']:>3} "
-              f"{r['lr']:>7.0e} {str(r['bf16']):>5} {r['vae_steps']:>4} {r['train_s']:>8.1f} {r['align_s']:>8.1f} "
-              f"{r['vae_s']:>6.1f} {r['learn_s_20_est']:>14.1f} {r['iou']:>7.4f} {r['biou']:>7.4f} {r['gain']:>7.4f} {gvp:>10}")
+        print(
+            f"{r['name']:<20} {run['learn_target_s']:>8.1f} {r['blocks']:>3} {r['epochs']:>3} {r['batch_size']:>3} "
+            f"{r['lr']:>7.0e} {str(r['bf16']):>5} {r['vae_steps']:>4} {r['train_s']:>8.1f} {r['align_s']:>8.1f} "
+            f"{r['vae_s']:>6.1f} {r['learn_s_20_est']:>14.1f} {r['iou']:>7.4f} {r['biou']:>7.4f} {r['gain']:>7.4f} {gvp:>10}"
+        )
 
 
 if __name__ == "__main__":

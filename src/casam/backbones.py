@@ -88,17 +88,32 @@ BACKBONES: dict[str, BackboneSpec] = {
         "litemedsam", "LiteMedSAM (bundled)", 256, False, _build_litemedsam, needs_checkpoint=False
     ),
     "sam_vit_b": BackboneSpec(
-        "sam_vit_b", "SAM ViT-B", 1024, True, _sam_builder("vit_b"), True,
+        "sam_vit_b",
+        "SAM ViT-B",
+        1024,
+        True,
+        _sam_builder("vit_b"),
+        True,
         "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
         "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
     ),
     "sam_vit_l": BackboneSpec(
-        "sam_vit_l", "SAM ViT-L", 1024, True, _sam_builder("vit_l"), True,
+        "sam_vit_l",
+        "SAM ViT-L",
+        1024,
+        True,
+        _sam_builder("vit_l"),
+        True,
         "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
         "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
     ),
     "sam_vit_h": BackboneSpec(
-        "sam_vit_h", "SAM ViT-H", 1024, True, _sam_builder("vit_h"), True,
+        "sam_vit_h",
+        "SAM ViT-H",
+        1024,
+        True,
+        _sam_builder("vit_h"),
+        True,
         "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
         "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
     ),
@@ -141,7 +156,9 @@ def _cached_sha256(path: Path) -> str:
     return digest
 
 
-def download_checkpoint(name: str, dest: str | Path | None = None, url: str | None = None, timeout: float = 30.0) -> Path:
+def download_checkpoint(
+    name: str, dest: str | Path | None = None, url: str | None = None, timeout: float = 30.0
+) -> Path:
     """Download a registry checkpoint into ``dest`` (default: the per-user data folder), verify
     its SHA-256, and return its path. Offline or on a checksum mismatch: CheckpointError, and no
     file is left behind. An already present, verified file is not downloaded again."""
@@ -155,7 +172,9 @@ def download_checkpoint(name: str, dest: str | Path | None = None, url: str | No
         raise InputError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}")
     url = url or spec.download_url
     if not url or not spec.checkpoint_sha256:
-        raise CheckpointError(f"{spec.title} has no official download; get its .pth file and pass --checkpoint PATH")
+        raise CheckpointError(
+            f"{spec.title} has no official download; get its .pth file and pass --checkpoint PATH"
+        )
     folder = Path(dest).expanduser() if dest else user_data_dir() / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / Path(url).name
@@ -204,9 +223,15 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if d.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu")
-    if d == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise InputError("device 'mps' was asked for but Apple MPS is not available; use --device cpu")
+        raise InputError(
+            "device 'cuda' was asked for but no CUDA GPU is available; use --device cpu"
+        )
+    if d == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise InputError(
+            "device 'mps' was asked for but Apple MPS is not available; use --device cpu"
+        )
     try:
         return torch.device(d)
     except RuntimeError:
@@ -217,7 +242,9 @@ def _load_state(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {path} does not exist; give the path of a .pth file") from None
+        raise CheckpointError(
+            f"checkpoint {path} does not exist; give the path of a .pth file"
+        ) from None
     except Exception as e:  # noqa: BLE001 - any unpickling failure is the file's fault
         raise CheckpointError(
             f"checkpoint {path} cannot be read as plain weights ({type(e).__name__}); "
@@ -237,7 +264,12 @@ class Backbone:
     boxes (in the S x S input frame) to 256 x 256 low-resolution mask logits.
     """
 
-    def __init__(self, spec: BackboneSpec, checkpoint: str | Path | None = None, device: str | torch.device = "auto"):
+    def __init__(
+        self,
+        spec: BackboneSpec,
+        checkpoint: str | Path | None = None,
+        device: str | torch.device = "auto",
+    ):
         self.spec = spec
         self.name = spec.name
         self.input_size = spec.input_size
@@ -256,7 +288,9 @@ class Backbone:
         try:
             self.digest = _cached_sha256(path)
         except OSError as e:
-            raise CheckpointError(f"cannot read checkpoint {path} ({e.strerror}); check its permissions") from None
+            raise CheckpointError(
+                f"cannot read checkpoint {path} ({e.strerror}); check its permissions"
+            ) from None
         self.identity = f"{spec.name}:{self.digest[:12]}"
         encoder, prompt_encoder, mask_decoder = spec.build()
         state = _load_state(path)
@@ -271,18 +305,24 @@ class Backbone:
         std = torch.tensor(SAM_PIXEL_STD).view(3, 1, 1)
         self._mean, self._std = mean, std
 
-    def _load_parts(self, state: dict, encoder: nn.Module, prompt_encoder: nn.Module, mask_decoder: nn.Module) -> None:
+    def _load_parts(
+        self, state: dict, encoder: nn.Module, prompt_encoder: nn.Module, mask_decoder: nn.Module
+    ) -> None:
         for prefix, module in (
             ("image_encoder.", encoder),
             ("prompt_encoder.", prompt_encoder),
             ("mask_decoder.", mask_decoder),
         ):
-            part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            part = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
             try:
                 module.load_state_dict(part, strict=True)
             except RuntimeError as e:
                 hint = _guess_backbone(state)
-                extra = f"; it looks like a {hint} checkpoint: use --backbone {hint}" if hint and hint != self.name else ""
+                extra = (
+                    f"; it looks like a {hint} checkpoint: use --backbone {hint}"
+                    if hint and hint != self.name
+                    else ""
+                )
                 first = str(e).splitlines()[0][:120]
                 raise CheckpointError(
                     f"checkpoint {self.checkpoint if hasattr(self, 'checkpoint') else ''} does not fit backbone "
@@ -301,7 +341,9 @@ class Backbone:
         rh, rw = geo.resized
         x = torch.from_numpy(rgb).permute(2, 0, 1)[None]
         if (rh, rw) != (h, w):
-            x = F.interpolate(x, size=(rh, rw), mode="bilinear", align_corners=False, antialias=rh < h)
+            x = F.interpolate(
+                x, size=(rh, rw), mode="bilinear", align_corners=False, antialias=rh < h
+            )
         x = x[0]
         if self.spec.sam_normalize:
             x = (x * 255.0 - self._mean) / self._std
@@ -321,7 +363,9 @@ class Backbone:
         """Boxes (B, 4) in the input frame -> sparse (B, 2, 256) and dense (B, 256, 64, 64)."""
         return self.prompt_encoder(points=None, boxes=boxes_input.to(self.device), masks=None)
 
-    def decode(self, z: torch.Tensor, boxes_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode(
+        self, z: torch.Tensor, boxes_input: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings and boxes -> (B, 1, 256, 256) mask logits and (B, 1) predicted IoU.
 
         ``z`` is either (1, 256, 64, 64) (one image, B boxes) or (B, 256, 64, 64) (one box
@@ -355,11 +399,19 @@ class Backbone:
         m = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
         m = F.interpolate(m, size=(rh, rw), mode="bilinear", align_corners=False)
         m = F.pad(m, (0, self.input_size - rw, 0, self.input_size - rh))
-        m = F.interpolate(m, size=(LOWRES, LOWRES), mode="bilinear", align_corners=False, antialias=self.input_size > LOWRES)
+        m = F.interpolate(
+            m,
+            size=(LOWRES, LOWRES),
+            mode="bilinear",
+            align_corners=False,
+            antialias=self.input_size > LOWRES,
+        )
         return (m[0, 0] > 0.5).float()
 
 
-def _paired_decode(dec: nn.Module, z: torch.Tensor, pe: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _paired_decode(
+    dec: nn.Module, z: torch.Tensor, pe: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """segment_anything's mask prediction for B (image, box) pairs (no repeat per prompt)."""
     b = z.shape[0]
     tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
@@ -392,7 +444,11 @@ _BUILT: dict[tuple[str, str, str], Backbone] = {}
 _BUILT_LOCK = threading.Lock()
 
 
-def get_backbone(name: str = "litemedsam", checkpoint: str | Path | None = None, device: str | torch.device = "auto") -> Backbone:
+def get_backbone(
+    name: str = "litemedsam",
+    checkpoint: str | Path | None = None,
+    device: str | torch.device = "auto",
+) -> Backbone:
     """Build (once per process) the named backbone; see ``BACKBONES`` for the names."""
     spec = BACKBONES.get(name)
     if spec is None:

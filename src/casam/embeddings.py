@@ -33,7 +33,10 @@ class Embedding:
 
     @property
     def nbytes(self) -> int:
-        return self.z.element_size() * self.z.nelement() + self.feature.element_size() * self.feature.nelement()
+        return (
+            self.z.element_size() * self.z.nelement()
+            + self.feature.element_size() * self.feature.nelement()
+        )
 
 
 def image_key(image: np.ndarray, backbone_identity: str) -> str:

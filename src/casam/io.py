@@ -31,7 +31,11 @@ def expand_paths(paths: Sequence[str | Path], what: str = "--images") -> list[Pa
         p = Path(raw).expanduser()
         if p.is_dir():
             found = sorted(
-                (c for c in p.iterdir() if c.is_file() and not c.name.startswith(".") and suffix_of(c) in SUFFIXES),
+                (
+                    c
+                    for c in p.iterdir()
+                    if c.is_file() and not c.name.startswith(".") and suffix_of(c) in SUFFIXES
+                ),
                 key=lambda c: c.name,
             )
             if not found:
@@ -63,7 +67,9 @@ def _split(a: np.ndarray, path: Path, volume_axis_last: bool) -> list[np.ndarray
         return [a[k] for k in range(a.shape[0])]
     if a.ndim == 4 and a.shape[-1] in (3, 4) and not volume_axis_last:
         return [a[k] for k in range(a.shape[0])]
-    raise InputError(f"{path} holds a {a.ndim}-D array of shape {a.shape}; give 2-D images or 3-D volumes")
+    raise InputError(
+        f"{path} holds a {a.ndim}-D array of shape {a.shape}; give 2-D images or 3-D volumes"
+    )
 
 
 def read_array(path: Path) -> np.ndarray:
@@ -124,8 +130,12 @@ def mask_foreground(mask: np.ndarray, label: int | None) -> np.ndarray:
     return (m == label) if label is not None else (m != 0)
 
 
-def read_pairs(images: Sequence[str | Path], masks: Sequence[str | Path], label: int | None = None,
-               keep_empty: bool = False) -> tuple[list[Pair], int]:
+def read_pairs(
+    images: Sequence[str | Path],
+    masks: Sequence[str | Path],
+    label: int | None = None,
+    keep_empty: bool = False,
+) -> tuple[list[Pair], int]:
     """Pair image and mask slices in sorted order; returns (pairs with foreground, n skipped)."""
     ipaths = expand_paths(images, "--images")
     mpaths = expand_paths(masks, "--masks")
@@ -172,7 +182,9 @@ def write_mask(path: str | Path, mask: np.ndarray) -> Path:
             with open(tmp, "wb") as f:
                 np.save(f, m, allow_pickle=False)
         else:
-            raise InputError(f"--out: cannot write {sfx or 'a file without suffix'}; use .png, .tif or .npy")
+            raise InputError(
+                f"--out: cannot write {sfx or 'a file without suffix'}; use .png, .tif or .npy"
+            )
         os.replace(tmp, p)
     except OSError as e:
         raise InputError(f"--out: cannot write {p} ({e.strerror or e})") from None

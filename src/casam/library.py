@@ -60,7 +60,14 @@ TASK_FILES = (META, *WEIGHT_FILES)
 EXPORT_SUFFIX = ".casamtask"
 RESERVED = {"sam", "auto", "none"}
 #: Device names Windows will not create a file or folder for (also with an extension).
-WINDOWS_DEVICES = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f"lpt{i}" for i in range(1, 10))}
+WINDOWS_DEVICES = {
+    "con",
+    "prn",
+    "aux",
+    "nul",
+    *(f"com{i}" for i in range(1, 10)),
+    *(f"lpt{i}" for i in range(1, 10)),
+}
 FORBIDDEN = set('/\\:*?"<>|')
 MAX_NAME = 64
 #: UTF-8 bytes of a name: folder names are limited to 255 bytes, and ``.trash-<hex>-`` is added.
@@ -76,7 +83,9 @@ STALE_TMP_S = 6 * 3600.0
 #: against the final VAE); far above, the task would accept nearly any image and SAM fallback
 #: could never happen.
 MAX_THRESHOLD_RATIO = 1000.0
-_VAE_KEYS = tuple(f"vae.{m}.{p}" for m in ("enc1", "enc2", "dec1", "dec2") for p in ("weight", "bias"))
+_VAE_KEYS = tuple(
+    f"vae.{m}.{p}" for m in ("enc1", "enc2", "dec1", "dec2") for p in ("weight", "bias")
+)
 
 _HOST = hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
 _ACTIVE: set[str] = set()
@@ -108,7 +117,9 @@ def validate_name(name: str) -> str:
     bad = sorted({c for c in n if c in FORBIDDEN or not c.isprintable()})
     if bad:
         shown = ", ".join(repr(c) for c in bad)
-        raise InputError(f"task name {name!r} contains {shown}; use letters, digits, spaces and - _ . + ( ) ,")
+        raise InputError(
+            f"task name {name!r} contains {shown}; use letters, digits, spaces and - _ . + ( ) ,"
+        )
     if len(n.encode("utf-8")) > MAX_NAME_BYTES:
         raise InputError(f"task name {name!r} is too long for a folder name; use a shorter name")
     if n != n.strip():
@@ -161,16 +172,25 @@ class TaskInfo:
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any], path: Path | None = None, where: str | None = None) -> TaskInfo:
+    def from_json(
+        cls, d: dict[str, Any], path: Path | None = None, where: str | None = None
+    ) -> TaskInfo:
         """Metadata from ``task.json``, with every field's type checked (it is foreign input)."""
         where = where or (_show(path / META) if path is not None else META)
         if not isinstance(d, dict):
             raise LibraryError(f"{where} is not a JSON object; task skipped")
-        fields_ = {k: d[k] for k in cls.__dataclass_fields__ if k in d and k not in ("path", "active")}
-        missing = [k for k, f in cls.__dataclass_fields__.items()
-                   if k not in fields_ and k not in ("path", "active", "format_version")]
+        fields_ = {
+            k: d[k] for k in cls.__dataclass_fields__ if k in d and k not in ("path", "active")
+        }
+        missing = [
+            k
+            for k, f in cls.__dataclass_fields__.items()
+            if k not in fields_ and k not in ("path", "active", "format_version")
+        ]
         if missing:
-            raise LibraryError(f"{where} lacks {', '.join(missing)}; task skipped (remove it and learn it again)")
+            raise LibraryError(
+                f"{where} lacks {', '.join(missing)}; task skipped (remove it and learn it again)"
+            )
         problems = []
         for k in ("name", "backbone", "created"):
             if not isinstance(fields_[k], str):
@@ -187,13 +207,19 @@ class TaskInfo:
         settings = fields_["settings"]
         if not isinstance(settings, dict) or not all(isinstance(k, str) for k in settings):
             problems.append("settings")
-        elif "beta" in settings and not (_is_number(settings["beta"]) and math.isfinite(settings["beta"])):
+        elif "beta" in settings and not (
+            _is_number(settings["beta"]) and math.isfinite(settings["beta"])
+        ):
             problems.append("settings.beta")
         files = fields_["files"]
-        if not isinstance(files, dict) or not all(isinstance(k, str) and _is_sha256(v) for k, v in files.items()):
+        if not isinstance(files, dict) or not all(
+            isinstance(k, str) and _is_sha256(v) for k, v in files.items()
+        ):
             problems.append("files")
         if problems:
-            raise LibraryError(f"{where} has malformed {', '.join(problems)}; task skipped (remove it and learn it again)")
+            raise LibraryError(
+                f"{where} has malformed {', '.join(problems)}; task skipped (remove it and learn it again)"
+            )
         return cls(**fields_, path=path)
 
     def with_(self, **changes: Any) -> TaskInfo:
@@ -275,20 +301,32 @@ def _read_regular(path: Path, limit: int, what: str) -> bytes:
     try:
         st = path.lstat()
     except FileNotFoundError:
-        raise LibraryError(f"{what}: {_show(path)} is missing; remove the task and learn it again") from None
+        raise LibraryError(
+            f"{what}: {_show(path)} is missing; remove the task and learn it again"
+        ) from None
     except OSError as e:
-        raise LibraryError(f"{what}: cannot read {_show(path)} ({e.strerror}); check its permissions") from None
+        raise LibraryError(
+            f"{what}: cannot read {_show(path)} ({e.strerror}); check its permissions"
+        ) from None
     if not stat.S_ISREG(st.st_mode):
-        raise LibraryError(f"{what}: {_show(path)} is not a regular file (a link or special file); it was refused: remove it")
+        raise LibraryError(
+            f"{what}: {_show(path)} is not a regular file (a link or special file); it was refused: remove it"
+        )
     if st.st_size > limit:
-        raise LibraryError(f"{what}: {_show(path)} is {st.st_size >> 20} MB, far larger than a task file; it was refused")
+        raise LibraryError(
+            f"{what}: {_show(path)} is {st.st_size >> 20} MB, far larger than a task file; it was refused"
+        )
     try:
         with open(path, "rb") as f:
             data = f.read(limit + 1)
     except OSError as e:
-        raise LibraryError(f"{what}: cannot read {_show(path)} ({e.strerror}); check its permissions") from None
+        raise LibraryError(
+            f"{what}: cannot read {_show(path)} ({e.strerror}); check its permissions"
+        ) from None
     if len(data) > limit:
-        raise LibraryError(f"{what}: {_show(path)} grew beyond {limit >> 20} MB while being read; it was refused")
+        raise LibraryError(
+            f"{what}: {_show(path)} grew beyond {limit >> 20} MB while being read; it was refused"
+        )
     return data
 
 
@@ -301,21 +339,29 @@ def _block_shapes() -> dict[str, tuple[int, ...]]:
 
     with torch.device("meta"):
         layer = AlignmentLayer(1)
-    return {k[len("blocks.0."):]: tuple(v.shape) for k, v in layer.state_dict().items()}
+    return {k[len("blocks.0.") :]: tuple(v.shape) for k, v in layer.state_dict().items()}
 
 
-def check_weights(info: TaskInfo, alignment: dict[str, Any], router: dict[str, Any], where: str) -> None:
+def check_weights(
+    info: TaskInfo, alignment: dict[str, Any], router: dict[str, Any], where: str
+) -> None:
     """Raise LibraryError unless the tensors are a ``info.blocks``-block Alignment Layer and a VAE router."""
     import torch
 
     from casam.backbones import EMBED_DIM
 
     for part, state in (("alignment", alignment), ("router", router)):
-        if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
-            raise LibraryError(f"{where}: the {part} weights are not a dict of named tensors; refused")
+        if not isinstance(state, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+        ):
+            raise LibraryError(
+                f"{where}: the {part} weights are not a dict of named tensors; refused"
+            )
     block = _block_shapes()
     if info.blocks < 1:
-        raise LibraryError(f"{where}: its metadata gives {info.blocks} Alignment Layer blocks (at least 1); refused")
+        raise LibraryError(
+            f"{where}: its metadata gives {info.blocks} Alignment Layer blocks (at least 1); refused"
+        )
     if len(alignment) != info.blocks * len(block):
         raise LibraryError(
             f"{where}: alignment.safetensors holds {len(alignment)} tensors, not the {info.blocks}-block "
@@ -325,26 +371,38 @@ def check_weights(info: TaskInfo, alignment: dict[str, Any], router: dict[str, A
         for k, shape in block.items():
             t = alignment.get(f"blocks.{i}.{k}")
             if t is None or tuple(t.shape) != shape:
-                raise LibraryError(f"{where}: alignment.safetensors lacks blocks.{i}.{k} of shape {shape}; refused")
+                raise LibraryError(
+                    f"{where}: alignment.safetensors lacks blocks.{i}.{k} of shape {shape}; refused"
+                )
     missing = [k for k in (*_VAE_KEYS, "features") if k not in router]
     if missing:
         raise LibraryError(f"{where}: router.safetensors lacks {', '.join(missing)}; refused")
     g = {k: tuple(router[k].shape) for k in (*_VAE_KEYS, "features")}
     hidden, latent2 = g["vae.enc1.weight"][0], g["vae.enc2.weight"][0]
     expected = {
-        "vae.enc1.weight": (hidden, EMBED_DIM), "vae.enc1.bias": (hidden,),
-        "vae.enc2.weight": (latent2, hidden), "vae.enc2.bias": (latent2,),
-        "vae.dec1.weight": (hidden, latent2 // 2), "vae.dec1.bias": (hidden,),
-        "vae.dec2.weight": (EMBED_DIM, hidden), "vae.dec2.bias": (EMBED_DIM,),
+        "vae.enc1.weight": (hidden, EMBED_DIM),
+        "vae.enc1.bias": (hidden,),
+        "vae.enc2.weight": (latent2, hidden),
+        "vae.enc2.bias": (latent2,),
+        "vae.dec1.weight": (hidden, latent2 // 2),
+        "vae.dec1.bias": (hidden,),
+        "vae.dec2.weight": (EMBED_DIM, hidden),
+        "vae.dec2.bias": (EMBED_DIM,),
     }
     if latent2 % 2 or latent2 == 0 or hidden == 0 or any(g[k] != s for k, s in expected.items()):
-        raise LibraryError(f"{where}: router.safetensors does not hold a VAE on {EMBED_DIM} features; refused")
+        raise LibraryError(
+            f"{where}: router.safetensors does not hold a VAE on {EMBED_DIM} features; refused"
+        )
     if len(g["features"]) != 2 or g["features"][1] != EMBED_DIM or g["features"][0] < 1:
-        raise LibraryError(f"{where}: router.safetensors has features of shape {g['features']}; refused")
+        raise LibraryError(
+            f"{where}: router.safetensors has features of shape {g['features']}; refused"
+        )
     for part, state in (("alignment", alignment), ("router", router)):
         for k, t in state.items():
             if not t.is_floating_point() or not bool(torch.isfinite(t).all()):
-                raise LibraryError(f"{where}: {part} tensor {k!r} is not finite floating point; refused")
+                raise LibraryError(
+                    f"{where}: {part} tensor {k!r} is not finite floating point; refused"
+                )
     _check_threshold(info, router, where)
 
 
@@ -356,8 +414,12 @@ def _check_threshold(info: TaskInfo, router: dict[str, Any], where: str) -> None
 
     beta = float(info.settings.get("beta", 16.5))
     with torch.no_grad():
-        own = float(vae_from_state(router).neg_elbo(router["features"].float(), beta, sample=False).max())
-    if not math.isfinite(info.threshold) or (own > 0 and info.threshold > MAX_THRESHOLD_RATIO * own):
+        own = float(
+            vae_from_state(router).neg_elbo(router["features"].float(), beta, sample=False).max()
+        )
+    if not math.isfinite(info.threshold) or (
+        own > 0 and info.threshold > MAX_THRESHOLD_RATIO * own
+    ):
         raise LibraryError(
             f"{where}: its routing threshold {info.threshold:.3g} is far above the scores of its own training "
             f"images (at most {own:.3g}), so it would take images of any kind and SAM fallback could never "
@@ -365,7 +427,9 @@ def _check_threshold(info: TaskInfo, router: dict[str, Any], where: str) -> None
         )
 
 
-def _parse_weights(info: TaskInfo, raw: dict[str, bytes], where: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def _parse_weights(
+    info: TaskInfo, raw: dict[str, bytes], where: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Safetensors bytes -> (alignment, router) state dicts, checked against the metadata."""
     from safetensors.torch import load
 
@@ -375,7 +439,9 @@ def _parse_weights(info: TaskInfo, raw: dict[str, bytes], where: str) -> tuple[d
             out.append(load(raw[fname]))
         except Exception as e:  # noqa: BLE001 - any parser failure is the file's fault
             first = str(e).splitlines()[0][:100] if str(e) else type(e).__name__
-            raise LibraryError(f"{where}: {fname} is not a valid safetensors file ({first}); refused") from None
+            raise LibraryError(
+                f"{where}: {fname} is not a valid safetensors file ({first}); refused"
+            ) from None
     check_weights(info, out[0], out[1], where)
     return out[0], out[1]
 
@@ -384,16 +450,24 @@ class TaskLibrary:
     """A folder of tasks. Safe for several processes at once (changes happen under a file lock)."""
 
     def __init__(self, root: str | Path | None = None, create: bool = True):
-        self.root = (Path(root).expanduser() if root is not None else default_library_dir()).absolute()
+        self.root = (
+            Path(root).expanduser() if root is not None else default_library_dir()
+        ).absolute()
         if self.root.exists() and not self.root.is_dir():
-            raise LibraryError(f"library path {_show(self.root)} is a file, not a folder; give a folder")
+            raise LibraryError(
+                f"library path {_show(self.root)} is a file, not a folder; give a folder"
+            )
         if create:
             try:
                 self.root.mkdir(parents=True, exist_ok=True)
             except OSError as e:
-                raise LibraryError(f"cannot create library folder {_show(self.root)} ({e.strerror})") from None
+                raise LibraryError(
+                    f"cannot create library folder {_show(self.root)} ({e.strerror})"
+                ) from None
         elif not self.root.is_dir():
-            raise LibraryError(f"library folder {_show(self.root)} does not exist; learn a task into it first")
+            raise LibraryError(
+                f"library folder {_show(self.root)} does not exist; learn a task into it first"
+            )
         self._check_format(create)
         self._tidy()
 
@@ -407,7 +481,9 @@ class TaskLibrary:
                 if not _is_int(version):
                     raise TypeError
             except (OSError, ValueError, KeyError, TypeError):
-                raise LibraryError(f"{_show(marker)} is unreadable; restore it or remove it to re-create it") from None
+                raise LibraryError(
+                    f"{_show(marker)} is unreadable; restore it or remove it to re-create it"
+                ) from None
             if version > LIBRARY_FORMAT_VERSION:
                 raise LibraryError(
                     f"library {_show(self.root)} has format version {version}, newer than this napari-casam "
@@ -422,14 +498,18 @@ class TaskLibrary:
     def _migrate(self, version: int) -> None:
         """Bring a library of an older format to the current one (so far: write the marker)."""
         with self._locked():
-            data = json.dumps({"format": "casam-task-library", "format_version": LIBRARY_FORMAT_VERSION}, indent=1)
+            data = json.dumps(
+                {"format": "casam-task-library", "format_version": LIBRARY_FORMAT_VERSION}, indent=1
+            )
             tmp = self.root / f".{MARKER}.{os.getpid()}.tmp"
             try:
                 _write_file(tmp, data.encode())
                 os.replace(tmp, self.root / MARKER)
             except OSError as e:
                 tmp.unlink(missing_ok=True)
-                raise LibraryError(f"cannot write {_show(self.root / MARKER)} ({e.strerror})") from None
+                raise LibraryError(
+                    f"cannot write {_show(self.root / MARKER)} ({e.strerror})"
+                ) from None
 
     @contextmanager
     def _locked(self, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
@@ -464,7 +544,9 @@ class TaskLibrary:
         try:
             entries = sorted(self.root.iterdir())
         except OSError as e:
-            raise LibraryError(f"cannot read library folder {_show(self.root)} ({e.strerror})") from None
+            raise LibraryError(
+                f"cannot read library folder {_show(self.root)} ({e.strerror})"
+            ) from None
         return [p for p in entries if not p.name.startswith(".") and p.is_dir()]
 
     def _read_meta(self, folder: Path, name: str | None = None) -> tuple[TaskInfo, bytes]:
@@ -477,7 +559,9 @@ class TaskLibrary:
         try:
             entries = sorted(folder.iterdir())
         except OSError as e:
-            raise LibraryError(f"cannot read task folder {_show(folder)} ({e.strerror}); task skipped") from None
+            raise LibraryError(
+                f"cannot read task folder {_show(folder)} ({e.strerror}); task skipped"
+            ) from None
         for p in entries:
             if p.name not in TASK_FILES:
                 raise LibraryError(
@@ -502,13 +586,19 @@ class TaskLibrary:
             )
         info = TaskInfo.from_json(d, folder)
         if info.name != expect:
-            raise LibraryError(f"{_show(meta)} names task {info.name!r} but its folder is {folder.name!r}; task skipped")
+            raise LibraryError(
+                f"{_show(meta)} names task {info.name!r} but its folder is {folder.name!r}; task skipped"
+            )
         try:
             validate_name(expect)
         except InputError:
-            raise LibraryError(f"task folder {_show(folder)} is not a valid task name; rename or remove it") from None
+            raise LibraryError(
+                f"task folder {_show(folder)} is not a valid task name; rename or remove it"
+            ) from None
         if set(info.files) != set(WEIGHT_FILES):
-            raise LibraryError(f"{_show(meta)} lists files {sorted(info.files)}; expected {list(WEIGHT_FILES)}; task skipped")
+            raise LibraryError(
+                f"{_show(meta)} lists files {sorted(info.files)}; expected {list(WEIGHT_FILES)}; task skipped"
+            )
         return info, raw
 
     def _read_info(self, folder: Path) -> TaskInfo:
@@ -550,7 +640,9 @@ class TaskLibrary:
         for folder in self._task_dirs():
             try:
                 info = self._read_info(folder)
-                align, router = _parse_weights(info, self._read_weights(info), f"task '{info.name}'")
+                align, router = _parse_weights(
+                    info, self._read_weights(info), f"task '{info.name}'"
+                )
             except LibraryError as e:
                 yield str(e)
                 continue
@@ -635,7 +727,7 @@ class TaskLibrary:
             if p.name.startswith(".tmp-") and self._is_stale_tmp(p):
                 _rmtree(p)
             elif p.name.startswith(f".{MARKER}.") and p.name.endswith(".tmp"):
-                pid = p.name[len(MARKER) + 2:-4]
+                pid = p.name[len(MARKER) + 2 : -4]
                 if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
                     p.unlink(missing_ok=True)
         for p in entries:
@@ -646,7 +738,12 @@ class TaskLibrary:
             # task is missing: put the old version back (if it is whole).
             name = unicodedata.normalize("NFC", p.name.split("-", 2)[-1])
             target = self.root / name
-            if not p.is_symlink() and not target.exists() and not target.is_symlink() and self._whole_task(p, name):
+            if (
+                not p.is_symlink()
+                and not target.exists()
+                and not target.is_symlink()
+                and self._whole_task(p, name)
+            ):
                 try:
                     os.replace(p, target)
                     _fsync_dir(self.root)
@@ -672,9 +769,17 @@ class TaskLibrary:
         target = self.root / name
         self._refuse_case_twin(name)
         if target.exists() or target.is_symlink():
-            raise TaskExistsError(f"task '{name}' already exists in {_show(self.root)}; choose another name or retrain it")
+            raise TaskExistsError(
+                f"task '{name}' already exists in {_show(self.root)}; choose another name or retrain it"
+            )
 
-    def save(self, info: TaskInfo, alignment: dict[str, Any], router: dict[str, Any], overwrite: bool = False) -> TaskInfo:
+    def save(
+        self,
+        info: TaskInfo,
+        alignment: dict[str, Any],
+        router: dict[str, Any],
+        overwrite: bool = False,
+    ) -> TaskInfo:
         """Write a task atomically (whole or not at all). ``info.files`` is filled in here.
 
         Raises TaskExistsError if the name is taken (unless ``overwrite``), LibraryError if
@@ -691,11 +796,16 @@ class TaskLibrary:
         try:
             tmp.mkdir()
             files = {}
-            for fname, state in (("alignment.safetensors", alignment), ("router.safetensors", router)):
+            for fname, state in (
+                ("alignment.safetensors", alignment),
+                ("router.safetensors", router),
+            ):
                 blob = save({k: v.detach().cpu().contiguous().clone() for k, v in state.items()})
                 _write_file(tmp / fname, blob)
                 files[fname] = hashlib.sha256(blob).hexdigest()
-            final = info.with_(name=name, files=files, format_version=LIBRARY_FORMAT_VERSION, path=None)
+            final = info.with_(
+                name=name, files=files, format_version=LIBRARY_FORMAT_VERSION, path=None
+            )
             _write_file(tmp / META, json.dumps(final.to_json(), indent=2).encode("utf-8"))
             _fsync_dir(tmp)
             with self._locked():
@@ -716,7 +826,9 @@ class TaskLibrary:
         self._refuse_case_twin(name)
         if target.exists() or target.is_symlink():
             if not overwrite:
-                raise TaskExistsError(f"task '{name}' already exists in {_show(self.root)}; choose another name")
+                raise TaskExistsError(
+                    f"task '{name}' already exists in {_show(self.root)}; choose another name"
+                )
             trash = self.root / f".trash-{uuid.uuid4().hex[:8]}-{name}"
             os.replace(target, trash)
             try:
@@ -737,7 +849,9 @@ class TaskLibrary:
         with self._locked():
             self._cleanup_stale()
             if not target.is_dir():
-                raise LibraryError(f"no task named '{name}' in {_show(self.root)}; see `casam tasks`")
+                raise LibraryError(
+                    f"no task named '{name}' in {_show(self.root)}; see `casam tasks`"
+                )
             gone = self._new_tmp()
             try:
                 os.replace(target, gone)
@@ -774,7 +888,9 @@ class TaskLibrary:
                 except OSError:
                     unchanged = False
                 if not unchanged:
-                    raise LibraryError(f"task '{old}' was changed by another process while being renamed; try again")
+                    raise LibraryError(
+                        f"task '{old}' was changed by another process while being renamed; try again"
+                    )
                 self._commit(tmp, new, overwrite=False)
                 gone = self._new_tmp()
                 try:
@@ -783,7 +899,9 @@ class TaskLibrary:
                 finally:
                     self._done_tmp(gone)
         except OSError as e:
-            raise LibraryError(f"could not rename task '{old}' to '{new}': {_os_message(e)}") from None
+            raise LibraryError(
+                f"could not rename task '{old}' to '{new}': {_os_message(e)}"
+            ) from None
         finally:
             self._done_tmp(tmp)
         return final.with_(path=self.root / new)
@@ -825,57 +943,88 @@ class TaskLibrary:
                 raise LibraryError(f"cannot read {_show(src)} ({e.strerror})") from None
             for p in entries:
                 if p.name not in TASK_FILES:
-                    raise LibraryError(f"{_show(p)} is not part of a task ({', '.join(TASK_FILES)}); refused")
+                    raise LibraryError(
+                        f"{_show(p)} is not part of a task ({', '.join(TASK_FILES)}); refused"
+                    )
                 blobs[p.name] = _read_regular(p, limits[p.name], _show(src))
             return blobs
         if not src.is_file():
-            raise InputError(f"{_show(src)} does not exist; give a {EXPORT_SUFFIX} file or a task folder")
+            raise InputError(
+                f"{_show(src)} does not exist; give a {EXPORT_SUFFIX} file or a task folder"
+            )
         try:
             with zipfile.ZipFile(src) as z:
                 members = z.infolist()
                 total = 0
                 for m in members:
                     if m.filename not in TASK_FILES:
-                        raise LibraryError(f"{_show(src)} holds {m.filename!r}, which is not part of a task; refused")
+                        raise LibraryError(
+                            f"{_show(src)} holds {m.filename!r}, which is not part of a task; refused"
+                        )
                     if m.filename in blobs:
                         raise LibraryError(f"{_show(src)} holds {m.filename!r} twice; refused")
                     limit = limits[m.filename]
                     if m.file_size > limit:
-                        raise LibraryError(f"{_show(src)}: {m.filename} unpacks to {m.file_size >> 20} MB, far more than a task; refused")
+                        raise LibraryError(
+                            f"{_show(src)}: {m.filename} unpacks to {m.file_size >> 20} MB, far more than a task; refused"
+                        )
                     with z.open(m) as f:
                         data = f.read(limit + 1)
                     total += len(data)
                     if len(data) > limit or total > MAX_IMPORT_BYTES:
-                        raise LibraryError(f"{_show(src)}: {m.filename} unpacks to more than a task can hold; refused")
+                        raise LibraryError(
+                            f"{_show(src)}: {m.filename} unpacks to more than a task can hold; refused"
+                        )
                     blobs[m.filename] = data
         except LibraryError:
             raise
-        except (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError, ValueError) as e:
-            raise LibraryError(f"{_show(src)} is not a readable {EXPORT_SUFFIX} file ({type(e).__name__}); export it again") from None
+        except (
+            zipfile.BadZipFile,
+            zlib.error,
+            EOFError,
+            RuntimeError,
+            NotImplementedError,
+            ValueError,
+        ) as e:
+            raise LibraryError(
+                f"{_show(src)} is not a readable {EXPORT_SUFFIX} file ({type(e).__name__}); export it again"
+            ) from None
         except OSError as e:
-            raise LibraryError(f"cannot read {_show(src)} ({e.strerror or e}); check the file") from None
+            raise LibraryError(
+                f"cannot read {_show(src)} ({e.strerror or e}); check the file"
+            ) from None
         return blobs
 
-    def import_task(self, src: str | Path, name: str | None = None, overwrite: bool = False) -> TaskInfo:
+    def import_task(
+        self, src: str | Path, name: str | None = None, overwrite: bool = False
+    ) -> TaskInfo:
         """Add a task from a ``.casamtask`` file or a task folder (verified before it lands)."""
         src = Path(src).expanduser()
         where = _show(src)
         blobs = self._read_package(src)
         if set(blobs) != set(TASK_FILES):
-            raise LibraryError(f"{where} lacks {', '.join(sorted(set(TASK_FILES) - set(blobs)))}; it is not a whole task")
+            raise LibraryError(
+                f"{where} lacks {', '.join(sorted(set(TASK_FILES) - set(blobs)))}; it is not a whole task"
+            )
         try:
             d = json.loads(blobs[META].decode("utf-8"))
         except (UnicodeDecodeError, ValueError, RecursionError):
             raise LibraryError(f"{where}: {META} is not valid JSON; refused") from None
         version = d.get("format_version", 0) if isinstance(d, dict) else 0
         if not _is_int(version) or version > LIBRARY_FORMAT_VERSION:
-            raise LibraryError(f"{where} was written by a newer napari-casam (format {version!r}); upgrade napari-casam")
+            raise LibraryError(
+                f"{where} was written by a newer napari-casam (format {version!r}); upgrade napari-casam"
+            )
         info = TaskInfo.from_json(d, where=f"{where}: {META}")
         if set(info.files) != set(WEIGHT_FILES):
-            raise LibraryError(f"{where}: {META} lists files {sorted(info.files)}; expected {list(WEIGHT_FILES)}")
+            raise LibraryError(
+                f"{where}: {META} lists files {sorted(info.files)}; expected {list(WEIGHT_FILES)}"
+            )
         for fname in WEIGHT_FILES:
             if hashlib.sha256(blobs[fname]).hexdigest() != info.files[fname]:
-                raise LibraryError(f"{where}: {fname} does not match its digest in {META} (corrupted); refused")
+                raise LibraryError(
+                    f"{where}: {fname} does not match its digest in {META} (corrupted); refused"
+                )
         align, router = _parse_weights(info, blobs, where)
         new_name = name if name is not None else info.name
         try:
@@ -883,7 +1032,9 @@ class TaskLibrary:
         except InputError as e:
             if name is not None:
                 raise
-            raise LibraryError(f"{where}: its task name is not valid here ({e}); import it under another name") from None
+            raise LibraryError(
+                f"{where}: its task name is not valid here ({e}); import it under another name"
+            ) from None
         return self.save(info.with_(name=new_name, path=None), align, router, overwrite=overwrite)
 
 

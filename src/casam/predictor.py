@@ -62,7 +62,11 @@ class Predictor:
         disk_cache: str | Path | None = None,
         temperature: float = 1.0,
     ):
-        self.backbone = backbone if isinstance(backbone, Backbone) else get_backbone(backbone, checkpoint, device)
+        self.backbone = (
+            backbone
+            if isinstance(backbone, Backbone)
+            else get_backbone(backbone, checkpoint, device)
+        )
         if library is False:
             self.library: TaskLibrary | None = None
         elif isinstance(library, TaskLibrary):
@@ -120,9 +124,13 @@ class Predictor:
             if name not in self._layers:
                 if name not in self.task_infos:
                     known = ", ".join(self.task_names) or "none yet"
-                    raise InputError(f"no task '{name}' for backbone {self.backbone.identity}; known: {known}")
+                    raise InputError(
+                        f"no task '{name}' for backbone {self.backbone.identity}; known: {known}"
+                    )
                 assert self.library is not None
-                self._layers[name] = layer_from_state(self.library.load(name).alignment).to(self.backbone.device)
+                self._layers[name] = layer_from_state(self.library.load(name).alignment).to(
+                    self.backbone.device
+                )
             return self._layers[name]
 
     # ---- embeddings ------------------------------------------------------------------------
@@ -178,7 +186,9 @@ class Predictor:
                 self._aligned.popitem(last=False)
         return za
 
-    def resolve_task(self, e: Embedding, task: str | None = "auto") -> tuple[str | None, RouteDecision]:
+    def resolve_task(
+        self, e: Embedding, task: str | None = "auto"
+    ) -> tuple[str | None, RouteDecision]:
         """``"auto"`` -> routed task; ``"sam"``/None -> plain SAM; a name -> that task."""
         if task in (None, "sam", "SAM"):
             return None, RouteDecision(None, float("nan"), None, True, forced=True)
@@ -187,10 +197,19 @@ class Predictor:
             return r.task, r
         if task not in self.task_infos:
             known = ", ".join(self.task_names) or "none yet"
-            raise InputError(f"no task '{task}' for backbone {self.backbone.identity}; known tasks: {known}")
-        return task, RouteDecision(task, float("nan"), self.task_infos[task].threshold, False, forced=True)
+            raise InputError(
+                f"no task '{task}' for backbone {self.backbone.identity}; known tasks: {known}"
+            )
+        return task, RouteDecision(
+            task, float("nan"), self.task_infos[task].threshold, False, forced=True
+        )
 
-    def predict(self, boxes: np.ndarray | Sequence, task: str | None = "auto", image: np.ndarray | None = None) -> Prediction:
+    def predict(
+        self,
+        boxes: np.ndarray | Sequence,
+        task: str | None = "auto",
+        image: np.ndarray | None = None,
+    ) -> Prediction:
         """Masks for XYXY boxes (original-image pixels) on the current (or given) image."""
         if image is not None:
             self.set_image(image)
@@ -198,7 +217,9 @@ class Predictor:
             raise InputError("no image set: call set_image(image) before predict(boxes)")
         return self.predict_embedding(self._embedding, boxes, task)
 
-    def predict_embedding(self, e: Embedding, boxes: np.ndarray | Sequence, task: str | None = "auto") -> Prediction:
+    def predict_embedding(
+        self, e: Embedding, boxes: np.ndarray | Sequence, task: str | None = "auto"
+    ) -> Prediction:
         geo = e.geometry
         b = check_boxes(boxes, geo.height, geo.width)
         name, route = self.resolve_task(e, task)

@@ -62,7 +62,9 @@ def to_unit_rgb(image: np.ndarray, what: str = "image") -> np.ndarray:
     if a.dtype in (np.uint8, np.bool_):
         x = a.astype(np.float32) / (255.0 if a.dtype == np.uint8 else 1.0)
         if x.max() == x.min():
-            raise InputError(f"{what} is constant (every pixel is {a.flat[0]}): there is nothing to segment")
+            raise InputError(
+                f"{what} is constant (every pixel is {a.flat[0]}): there is nothing to segment"
+            )
     else:
         x = a.astype(np.float32, copy=False)
         finite = np.isfinite(x)
@@ -80,7 +82,9 @@ def to_unit_rgb(image: np.ndarray, what: str = "image") -> np.ndarray:
         if hi <= lo:
             lo, hi = float(x.min()), float(x.max())
         if hi <= lo:
-            raise InputError(f"{what} is constant (every pixel is {lo:g}): there is nothing to segment")
+            raise InputError(
+                f"{what} is constant (every pixel is {lo:g}): there is nothing to segment"
+            )
         x = np.clip((x - lo) / (hi - lo), 0.0, 1.0)
     if x.ndim == 2:
         x = np.repeat(x[..., None], 3, axis=2)
@@ -97,7 +101,9 @@ class Geometry:
 
     def __post_init__(self) -> None:
         if self.height < 1 or self.width < 1:
-            raise InputError(f"image is {self.height}x{self.width} pixels; it has no pixels to segment")
+            raise InputError(
+                f"image is {self.height}x{self.width} pixels; it has no pixels to segment"
+            )
         rh, rw = self.resized
         if rh < 1 or rw < 1:
             raise InputError(

@@ -60,8 +60,13 @@ class VAE(nn.Module):
         return neg_elbo(f, self.decode(z), mu, logvar, beta)
 
 
-def neg_elbo(f: torch.Tensor, f_hat: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
-             beta: float | torch.Tensor) -> torch.Tensor:
+def neg_elbo(
+    f: torch.Tensor,
+    f_hat: torch.Tensor,
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    beta: float | torch.Tensor,
+) -> torch.Tensor:
     rec = (f - f_hat).pow(2).mean(-1)
     kl = (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
     return rec + 0.5 * beta * kl
@@ -81,15 +86,41 @@ def single_thread() -> Iterator[None]:
 LAYERS = ("enc1", "enc2", "dec1", "dec2")
 
 
-def train_vae(features: torch.Tensor, *, steps: int, batch: int, lr: float, beta: float,
-              hidden: int, latent: int, seed: int) -> VAE:
+def train_vae(
+    features: torch.Tensor,
+    *,
+    steps: int,
+    batch: int,
+    lr: float,
+    beta: float,
+    hidden: int,
+    latent: int,
+    seed: int,
+) -> VAE:
     """Fit a VAE to (N, D) features for a fixed number of Adam steps (batches drawn with replacement)."""
-    return train_vaes([features], steps=steps, batch=batch, lr=lr, beta=beta, hidden=hidden, latent=latent,
-                      seeds=[seed])[0]
+    return train_vaes(
+        [features],
+        steps=steps,
+        batch=batch,
+        lr=lr,
+        beta=beta,
+        hidden=hidden,
+        latent=latent,
+        seeds=[seed],
+    )[0]
 
 
-def train_vaes(sets: Sequence[torch.Tensor], *, steps: int, batch: int, lr: float, beta: float,
-               hidden: int, latent: int, seeds: Sequence[int]) -> list[VAE]:
+def train_vaes(
+    sets: Sequence[torch.Tensor],
+    *,
+    steps: int,
+    batch: int,
+    lr: float,
+    beta: float,
+    hidden: int,
+    latent: int,
+    seeds: Sequence[int],
+) -> list[VAE]:
     """Fit one VAE per feature set, all at once: the K VAEs are stacked and trained as one
     batched computation (Adam is element-wise, so this equals K separate trainings)."""
     with single_thread():
@@ -98,16 +129,28 @@ def train_vaes(sets: Sequence[torch.Tensor], *, steps: int, batch: int, lr: floa
             torch.manual_seed(seed)
             inits.append(VAE(sets[0].shape[1], hidden, latent))
         params = [
-            (torch.stack([getattr(v, a).weight.T for v in inits]).detach().clone().requires_grad_(True),
-             torch.stack([getattr(v, a).bias[None] for v in inits]).detach().clone().requires_grad_(True))
+            (
+                torch.stack([getattr(v, a).weight.T for v in inits])
+                .detach()
+                .clone()
+                .requires_grad_(True),
+                torch.stack([getattr(v, a).bias[None] for v in inits])
+                .detach()
+                .clone()
+                .requires_grad_(True),
+            )
             for a in LAYERS
         ]
         opt = torch.optim.Adam([t for wb in params for t in wb], lr=lr)
         gens = [torch.Generator().manual_seed(seed) for seed in seeds]
         for _ in range(steps):
-            x = torch.stack([f[torch.randint(0, f.shape[0], (batch,), generator=g)] for f, g in zip(sets, gens)])
+            x = torch.stack(
+                [f[torch.randint(0, f.shape[0], (batch,), generator=g)] for f, g in zip(sets, gens)]
+            )
             (w1, b1), (w2, b2), (w3, b3), (w4, b4) = params
-            mu, logvar = torch.baddbmm(b2, torch.relu(torch.baddbmm(b1, x, w1)), w2).chunk(2, dim=-1)
+            mu, logvar = torch.baddbmm(b2, torch.relu(torch.baddbmm(b1, x, w1)), w2).chunk(
+                2, dim=-1
+            )
             logvar = logvar.clamp(-20.0, 10.0)
             eps = torch.stack([torch.randn(batch, latent, generator=g) for g in gens])
             z = mu + eps * torch.exp(0.5 * logvar)
@@ -139,8 +182,15 @@ def vae_from_state(state: dict[str, torch.Tensor]) -> VAE:
     return vae.eval().requires_grad_(False)
 
 
-def fit_router(features: torch.Tensor, *, folds: int, percentile: float, seed: int, beta: float,
-               **train: int | float) -> tuple[VAE, float, np.ndarray]:
+def fit_router(
+    features: torch.Tensor,
+    *,
+    folds: int,
+    percentile: float,
+    seed: int,
+    beta: float,
+    **train: int | float,
+) -> tuple[VAE, float, np.ndarray]:
     """The task's VAE (trained on all features) and its K-fold threshold.
 
     The threshold is the ``percentile`` of every image's score under the fold VAE that did not
@@ -176,7 +226,9 @@ class RouteDecision:
         if self.best is None:
             return "SAM fallback  (no task learned for this model yet)"
         if self.fallback:
-            return f"SAM fallback  (best: {self.best}, ELBO {self.score:.3g} > {self.threshold:.3g})"
+            return (
+                f"SAM fallback  (best: {self.best}, ELBO {self.score:.3g} > {self.threshold:.3g})"
+            )
         return f"{self.task}  (ELBO {self.score:.3g} <= {self.threshold:.3g})"
 
     def to_json(self, image: str) -> dict:
@@ -206,7 +258,7 @@ def _stack_padded(vaes: Sequence[VAE]) -> list[tuple[torch.Tensor, torch.Tensor]
             h, z = v.enc1.out_features, v.latent
             w1[k, :, :h], b1[k, 0, :h] = v.enc1.weight.T, v.enc1.bias
             w2[k, :h, :z], b2[k, 0, :z] = v.enc2.weight[:z].T, v.enc2.bias[:z]
-            w2[k, :h, lat:lat + z], b2[k, 0, lat:lat + z] = v.enc2.weight[z:].T, v.enc2.bias[z:]
+            w2[k, :h, lat : lat + z], b2[k, 0, lat : lat + z] = v.enc2.weight[z:].T, v.enc2.bias[z:]
             w3[k, :z, :h], b3[k, 0, :h] = v.dec1.weight.T, v.dec1.bias
             w4[k, :h, :], b4[k, 0, :] = v.dec2.weight.T, v.dec2.bias
     return [(w1, b1), (w2, b2), (w3, b3), (w4, b4)]
@@ -215,7 +267,13 @@ def _stack_padded(vaes: Sequence[VAE]) -> list[tuple[torch.Tensor, torch.Tensor]
 class VAEBank:
     """All VAEs of the active backbone's tasks, stacked: one batched einsum scores every task."""
 
-    def __init__(self, names: Sequence[str], vaes: Sequence[VAE], thresholds: Sequence[float], beta: Sequence[float]):
+    def __init__(
+        self,
+        names: Sequence[str],
+        vaes: Sequence[VAE],
+        thresholds: Sequence[float],
+        beta: Sequence[float],
+    ):
         self.names = list(names)
         self.thresholds = torch.tensor(list(thresholds), dtype=torch.float32)
         self.beta = torch.tensor(list(beta), dtype=torch.float32)
@@ -247,6 +305,10 @@ class VAEBank:
         score, tau = float(s[i]), float(self.thresholds[i])
         ok = score <= tau
         return RouteDecision(
-            self.names[i] if ok else None, score, tau, not ok,
-            {n: float(v) for n, v in zip(self.names, s.tolist())}, best=self.names[i],
+            self.names[i] if ok else None,
+            score,
+            tau,
+            not ok,
+            {n: float(v) for n, v in zip(self.names, s.tolist())},
+            best=self.names[i],
         )

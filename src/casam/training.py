@@ -71,8 +71,12 @@ def objects_of(mask: np.ndarray, label: int | None = None) -> list[np.ndarray]:
     return [m == v for v in values if v != 0]
 
 
-def collect_samples(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], label: int | None = None,
-                    names: Sequence[str] | None = None) -> tuple[list[int], list[Sample]]:
+def collect_samples(
+    images: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    label: int | None = None,
+    names: Sequence[str] | None = None,
+) -> tuple[list[int], list[Sample]]:
     """Validate (image, mask) pairs; return the indices of images with objects and the objects."""
     if len(images) != len(masks):
         raise InputError(f"{len(images)} images but {len(masks)} masks: give one mask per image")
@@ -84,7 +88,9 @@ def collect_samples(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], l
         if m.ndim == 3 and m.shape[-1] in (3, 4) and m.shape[:2] == a.shape[:2]:
             m = m[..., 0]
         if m.shape != a.shape[:2]:
-            raise InputError(f"{what} is {a.shape[0]}x{a.shape[1]} but its mask is {'x'.join(map(str, m.shape))}; they must match")
+            raise InputError(
+                f"{what} is {a.shape[0]}x{a.shape[1]} but its mask is {'x'.join(map(str, m.shape))}; they must match"
+            )
         objs = objects_of(m, label)
         if objs:
             used.append(i)
@@ -113,7 +119,9 @@ def dice_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return bce + dice.mean()
 
 
-def jitter_boxes(boxes: torch.Tensor, amount: float, size: int, gen: torch.Generator) -> torch.Tensor:
+def jitter_boxes(
+    boxes: torch.Tensor, amount: float, size: int, gen: torch.Generator
+) -> torch.Tensor:
     """Move each side by up to ``amount`` x the box's width/height, staying inside the input."""
     if amount <= 0:
         return boxes
@@ -133,7 +141,9 @@ def bf16_supported() -> bool:
 
 
 def _use_bf16(s: LearnSettings, backbone: Backbone) -> bool:
-    return bool(s.bf16 if s.bf16 is not None else bf16_supported()) and backbone.device.type == "cpu"
+    return (
+        bool(s.bf16 if s.bf16 is not None else bf16_supported()) and backbone.device.type == "cpu"
+    )
 
 
 def train_alignment(
@@ -172,8 +182,10 @@ def train_alignment(
     for epoch in range(1, s.epochs + 1):
         perm = torch.randperm(n, generator=gen)
         for b in range(per_epoch):
-            idx = perm[b * s.batch_size:(b + 1) * s.batch_size]
-            bx = jitter_boxes(boxes[idx], s.box_jitter, backbone.input_size, gen).to(backbone.device)
+            idx = perm[b * s.batch_size : (b + 1) * s.batch_size]
+            bx = jitter_boxes(boxes[idx], s.box_jitter, backbone.input_size, gen).to(
+                backbone.device
+            )
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
                 logits, _ = backbone.decode(layer(z[where[idx]].to(backbone.device)), bx)
             loss = dice_bce(logits[:, 0], targets[idx].to(backbone.device))
@@ -203,7 +215,11 @@ def iter_learn_task(
     name = validate_name(name)
     if predictor is None:
         predictor = Predictor(library=library)
-    lib = predictor.library if library is None else (library if isinstance(library, TaskLibrary) else TaskLibrary(library))
+    lib = (
+        predictor.library
+        if library is None
+        else (library if isinstance(library, TaskLibrary) else TaskLibrary(library))
+    )
     if lib is None:
         raise InputError("no task library given: pass library=FOLDER")
     backbone = predictor.backbone
@@ -211,14 +227,23 @@ def iter_learn_task(
     if extend:
         previous = lib.load(name)
         if previous.info.backbone != backbone.identity:
-            raise InputError(f"task '{name}' was made with {previous.info.backbone}, not {backbone.identity}")
-        s = LearnSettings.from_dict({**previous.info.settings, **{k: v for k, v in s.to_dict().items() if k in ("epochs", "lr", "seed")}})
+            raise InputError(
+                f"task '{name}' was made with {previous.info.backbone}, not {backbone.identity}"
+            )
+        s = LearnSettings.from_dict(
+            {
+                **previous.info.settings,
+                **{k: v for k, v in s.to_dict().items() if k in ("epochs", "lr", "seed")},
+            }
+        )
     elif not overwrite:
         lib.ensure_free(name)
 
     used, samples = collect_samples(images, masks, label, image_names)
     if not used:
-        raise InputError("no image has an annotated object (every mask is empty); annotate some first")
+        raise InputError(
+            "no image has an annotated object (every mask is empty); annotate some first"
+        )
     train_img, hold_img = split_holdout(len(used), s)
     if len(train_img) < s.min_images and not extend:
         raise InputError(
@@ -242,27 +267,42 @@ def iter_learn_task(
     order = sorted(train_set)
     slot = {i: j for j, i in enumerate(order)}
     z_all = torch.stack([emb[i].z for i in order])
-    targets = torch.stack([backbone.lowres_target(x.mask, emb[x.image].geometry) for x in train_samples])
-    boxes = torch.from_numpy(np.stack([emb[x.image].geometry.boxes_to_input(mask_box(x.mask))[0] for x in train_samples]))
+    targets = torch.stack(
+        [backbone.lowres_target(x.mask, emb[x.image].geometry) for x in train_samples]
+    )
+    boxes = torch.from_numpy(
+        np.stack([emb[x.image].geometry.boxes_to_input(mask_box(x.mask))[0] for x in train_samples])
+    )
     where = torch.tensor([slot[x.image] for x in train_samples])
 
     # 2. the Alignment Layer, through the frozen decoder
     layer = layer_from_state(previous.alignment) if previous else None
-    layer = yield from train_alignment(backbone, z_all, boxes, targets, s, layer=layer, where=where, gen=gen)
+    layer = yield from train_alignment(
+        backbone, z_all, boxes, targets, s, layer=layer, where=where, gen=gen
+    )
     use_bf16 = _use_bf16(s, backbone)
 
     # 3. the VAE router and its threshold (features of the training images only)
     feats = torch.stack([emb[i].feature for i in order]).float()
     if previous is not None and "features" in previous.router:
         feats = torch.cat([previous.router["features"].float(), feats])
-    vae_kw = dict(steps=s.vae_steps, batch=s.vae_batch, lr=s.vae_lr, hidden=s.vae_hidden, latent=s.vae_latent)
+    vae_kw = dict(
+        steps=s.vae_steps, batch=s.vae_batch, lr=s.vae_lr, hidden=s.vae_hidden, latent=s.vae_latent
+    )
     yield Progress("vae", 0, 1, message=f"VAE and {s.folds}-fold threshold")
-    vae, threshold, _ = fit_router(feats, folds=s.folds, percentile=s.percentile, seed=s.seed, beta=s.beta, **vae_kw)
+    vae, threshold, _ = fit_router(
+        feats, folds=s.folds, percentile=s.percentile, seed=s.seed, beta=s.beta, **vae_kw
+    )
     threshold *= s.threshold_margin
     yield Progress("vae", 1, 1, message=f"threshold {threshold:.4g}")
 
     # 4. held-out IoU: plain SAM versus the new layer, box = the object's bounding box
-    scores: dict[str, list[float]] = {"iou_sam": [], "iou_task": [], "biou_sam": [], "biou_task": []}
+    scores: dict[str, list[float]] = {
+        "iou_sam": [],
+        "iou_task": [],
+        "biou_sam": [],
+        "biou_task": [],
+    }
     for k, x in enumerate(hold_samples):
         e = emb[x.image]
         box = mask_box(x.mask)
@@ -285,7 +325,11 @@ def iter_learn_task(
         n_images=len(train_img) + (previous.info.n_images if previous else 0),
         n_objects=len(train_samples) + (previous.info.n_objects if previous else 0),
         n_holdout=len(hold_img),
-        settings={**s.to_dict(), "bf16": use_bf16, "train_seconds": round(time.perf_counter() - t0, 1)},
+        settings={
+            **s.to_dict(),
+            "bf16": use_bf16,
+            "train_seconds": round(time.perf_counter() - t0, 1),
+        },
         **means,
     )
     router_state = {f"vae.{k}": v for k, v in vae.state_dict().items()}

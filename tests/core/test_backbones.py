@@ -12,7 +12,9 @@ from casam.errors import CheckpointError, InputError
 
 def test_download_offline_fails_clearly_and_leaves_nothing(tmp_path):
     with pytest.raises(CheckpointError, match="--checkpoint PATH") as e:
-        download_checkpoint("sam_vit_b", tmp_path, url="http://127.0.0.1:9/sam_vit_b_01ec64.pth", timeout=5)
+        download_checkpoint(
+            "sam_vit_b", tmp_path, url="http://127.0.0.1:9/sam_vit_b_01ec64.pth", timeout=5
+        )
     assert "\n" not in str(e.value)
     assert list(tmp_path.iterdir()) == []
 
@@ -25,7 +27,9 @@ def test_download_verifies_the_checksum(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="SHA-256"):
         download_checkpoint("sam_vit_b", out, url=src.as_uri())
     assert list(out.iterdir()) == []
-    good = replace(BACKBONES["sam_vit_b"], checkpoint_sha256=hashlib.sha256(src.read_bytes()).hexdigest())
+    good = replace(
+        BACKBONES["sam_vit_b"], checkpoint_sha256=hashlib.sha256(src.read_bytes()).hexdigest()
+    )
     monkeypatch.setitem(BACKBONES, "sam_vit_b", good)
     path = download_checkpoint("sam_vit_b", out, url=src.as_uri())
     assert path.read_bytes() == src.read_bytes()
@@ -66,7 +70,7 @@ def test_paired_decode_equals_one_by_one():
     with torch.no_grad():
         paired, iou = bb.decode(z, boxes)
         for i in range(3):
-            single, iou1 = bb.decode(z[i:i + 1], boxes[i:i + 1])
+            single, iou1 = bb.decode(z[i : i + 1], boxes[i : i + 1])
             assert torch.allclose(paired[i], single[0], atol=1e-4)
             assert torch.allclose(iou[i], iou1[0], atol=1e-5)
 

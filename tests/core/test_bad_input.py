@@ -119,8 +119,13 @@ def test_fixable_image_is_used_with_a_one_line_warning(case, predictor_factory, 
 
 
 def test_good_odd_images_are_accepted():
-    for img in (np.arange(64, dtype=np.uint8).reshape(8, 8, 1), _img((64, 64), np.uint16),
-                _img((64, 64), np.float64) * 1e-30, _img((64, 64), np.int64) - 3024, _img((64, 64, 3), np.uint8)):
+    for img in (
+        np.arange(64, dtype=np.uint8).reshape(8, 8, 1),
+        _img((64, 64), np.uint16),
+        _img((64, 64), np.float64) * 1e-30,
+        _img((64, 64), np.int64) - 3024,
+        _img((64, 64, 3), np.uint8),
+    ):
         assert to_unit_rgb(img).shape[-1] == 3
 
 
@@ -188,10 +193,19 @@ def test_geometry_refuses_degenerate_sizes():
 
 # ---- masks and learning --------------------------------------------------------------------------
 
+
 def _learn(p, lib, images, masks, name="new", **kw):
     from casam.training import learn_task
 
-    return learn_task(images, masks, name, library=lib, predictor=p, settings=tiny_settings(min_images=5, folds=5), **kw)
+    return learn_task(
+        images,
+        masks,
+        name,
+        library=lib,
+        predictor=p,
+        settings=tiny_settings(min_images=5, folds=5),
+        **kw,
+    )
 
 
 def _learn_cases():
@@ -239,13 +253,19 @@ def test_mask_box_of_empty_mask():
 
 # ---- checkpoints ---------------------------------------------------------------------------------
 
+
 def test_checkpoint_of_another_backbone_is_refused(tmp_path):
     """A ViT-B shaped state dict given to LiteMedSAM: refused, with the right backbone named."""
     from casam.backbones import BACKBONES, Backbone
 
     ckpt = tmp_path / "vit_b.pth"
-    torch.save({"image_encoder.patch_embed.proj.weight": torch.zeros(768, 3, 16, 16),
-                "image_encoder.pos_embed": torch.zeros(1, 64, 64, 768)}, ckpt)
+    torch.save(
+        {
+            "image_encoder.patch_embed.proj.weight": torch.zeros(768, 3, 16, 16),
+            "image_encoder.pos_embed": torch.zeros(1, 64, 64, 768),
+        },
+        ckpt,
+    )
     with pytest.raises(CheckpointError) as e:
         Backbone(BACKBONES["litemedsam"], checkpoint=ckpt, device="cpu")
     msg = one_line(e.value)
@@ -262,7 +282,9 @@ def test_litemedsam_checkpoint_given_to_sam_vit_b():
     assert "sam_vit_b" in msg and "--backbone litemedsam" in msg
 
 
-@pytest.mark.parametrize("case", ["missing", "folder", "text", "empty", "list", "non-tensor values"])
+@pytest.mark.parametrize(
+    "case", ["missing", "folder", "text", "empty", "list", "non-tensor values"]
+)
 def test_unusable_checkpoint_file(tmp_path, case):
     from casam.backbones import BACKBONES, Backbone
 
@@ -294,6 +316,7 @@ def test_backbone_needing_a_checkpoint_and_unknown_backbone():
 
 
 # ---- unreadable files ---------------------------------------------------------------------------
+
 
 def test_unreadable_task_file_is_one_problem_not_a_crash(lib, monkeypatch):
     save_task(lib, "locked")

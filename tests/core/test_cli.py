@@ -52,20 +52,87 @@ def test_usage_errors(capsys, files):
 @pytest.mark.parametrize(
     "argv, needles",
     [
-        (["learn", "--name", "x", "--images", "{d}/img.npy", "--masks", "{d}/short.npy"], ["6 slices", "short.npy"]),
-        (["learn", "--name", "x", "--images", "{d}/img.npy", "--masks", "{d}/missing.npy"], ["--masks", "missing.npy"]),
-        (["learn", "--name", "../evil", "--images", "{d}/img.npy", "--masks", "{d}/msk.npy"], ["task name"]),
-        (["learn", "--name", "x", "--images", "{d}/img.npy", "--masks", "{d}/empty.npy"], ["empty"]),
-        (["learn", "--name", "x", "--images", "{d}/img.npy", "{d}/one.npy", "--masks", "{d}/msk.npy"], ["2 image files but 1"]),
+        (
+            ["learn", "--name", "x", "--images", "{d}/img.npy", "--masks", "{d}/short.npy"],
+            ["6 slices", "short.npy"],
+        ),
+        (
+            ["learn", "--name", "x", "--images", "{d}/img.npy", "--masks", "{d}/missing.npy"],
+            ["--masks", "missing.npy"],
+        ),
+        (
+            ["learn", "--name", "../evil", "--images", "{d}/img.npy", "--masks", "{d}/msk.npy"],
+            ["task name"],
+        ),
+        (
+            ["learn", "--name", "x", "--images", "{d}/img.npy", "--masks", "{d}/empty.npy"],
+            ["empty"],
+        ),
+        (
+            [
+                "learn",
+                "--name",
+                "x",
+                "--images",
+                "{d}/img.npy",
+                "{d}/one.npy",
+                "--masks",
+                "{d}/msk.npy",
+            ],
+            ["2 image files but 1"],
+        ),
         (["eval", "--images", "{d}/img.npy", "--masks", "{d}/empty.npy"], ["empty"]),
-        (["segment", "{d}/img.npy", "--box", "1", "1", "5", "5", "--out", "{d}/o.png"], ["--slice"]),
-        (["segment", "{d}/img.npy", "--slice", "9", "--box", "1", "1", "5", "5", "--out", "{d}/o.png"], ["out of range"]),
+        (
+            ["segment", "{d}/img.npy", "--box", "1", "1", "5", "5", "--out", "{d}/o.png"],
+            ["--slice"],
+        ),
+        (
+            [
+                "segment",
+                "{d}/img.npy",
+                "--slice",
+                "9",
+                "--box",
+                "1",
+                "1",
+                "5",
+                "5",
+                "--out",
+                "{d}/o.png",
+            ],
+            ["out of range"],
+        ),
         (["route", "{d}/nothing.png"], ["nothing.png", "does not exist"]),
         (["tasks", "--library", "{d}/nolib"], ["does not exist"]),
         (["remove", "--library", "{d}/lib", "ghost"], ["ghost"]),
-        (["learn", "--backbone", "sam_vit_b", "--name", "x", "--images", "{d}/img.npy", "--masks", "{d}/msk.npy"], ["--checkpoint"]),
-        (["learn", "--name", "x", "--images", "{d}/img.npy", "--masks", "{d}/msk.npy", "--threshold-margin", "0"],
-         ["--threshold-margin", "(0, 10]"]),
+        (
+            [
+                "learn",
+                "--backbone",
+                "sam_vit_b",
+                "--name",
+                "x",
+                "--images",
+                "{d}/img.npy",
+                "--masks",
+                "{d}/msk.npy",
+            ],
+            ["--checkpoint"],
+        ),
+        (
+            [
+                "learn",
+                "--name",
+                "x",
+                "--images",
+                "{d}/img.npy",
+                "--masks",
+                "{d}/msk.npy",
+                "--threshold-margin",
+                "0",
+            ],
+            ["--threshold-margin", "(0, 10]"],
+        ),
     ],
 )
 def test_input_errors_without_the_model(capsys, files, argv, needles):
@@ -81,21 +148,57 @@ def test_input_errors_without_the_model(capsys, files, argv, needles):
 def test_too_few_slices_for_calibration(capsys, files):
     np.save(files / "few.npy", np.load(files / "msk.npy")[:3])
     np.save(files / "fewimg.npy", np.load(files / "img.npy")[:3])
-    code, _, err = run(capsys, "learn", "--library", files / "lib", "--name", "x",
-                       "--images", files / "fewimg.npy", "--masks", files / "few.npy")
+    code, _, err = run(
+        capsys,
+        "learn",
+        "--library",
+        files / "lib",
+        "--name",
+        "x",
+        "--images",
+        files / "fewimg.npy",
+        "--masks",
+        files / "few.npy",
+    )
     assert_one_line_error(code, err, "at least 5")
-    assert not any((files / "lib").iterdir()) or [p.name for p in (files / "lib").iterdir() if not p.name.startswith(".")] == ["casam-library.json"]
+    assert not any((files / "lib").iterdir()) or [
+        p.name for p in (files / "lib").iterdir() if not p.name.startswith(".")
+    ] == ["casam-library.json"]
 
 
 def test_bad_boxes_and_images_through_segment(capsys, files):
-    for box, needle in [(["30", "30", "10", "10"], "inverted"), (["100", "100", "120", "130"], "outside"),
-                        (["5", "5", "5", "9"], "zero area")]:
-        code, _, err = run(capsys, "segment", "--library", files / "lib", files / "one.npy", "--box", *box,
-                           "--out", files / "o.png")
+    for box, needle in [
+        (["30", "30", "10", "10"], "inverted"),
+        (["100", "100", "120", "130"], "outside"),
+        (["5", "5", "5", "9"], "zero area"),
+    ]:
+        code, _, err = run(
+            capsys,
+            "segment",
+            "--library",
+            files / "lib",
+            files / "one.npy",
+            "--box",
+            *box,
+            "--out",
+            files / "o.png",
+        )
         assert_one_line_error(code, err, needle)
     np.save(files / "const.npy", np.full((30, 30), 3, np.int16))
-    code, _, err = run(capsys, "segment", "--library", files / "lib", files / "const.npy", "--box", "1", "1", "9", "9",
-                       "--out", files / "o.png")
+    code, _, err = run(
+        capsys,
+        "segment",
+        "--library",
+        files / "lib",
+        files / "const.npy",
+        "--box",
+        "1",
+        "1",
+        "9",
+        "9",
+        "--out",
+        files / "o.png",
+    )
     assert_one_line_error(code, err, "constant")
     assert not (files / "o.png").exists()
 
@@ -103,12 +206,30 @@ def test_bad_boxes_and_images_through_segment(capsys, files):
 def test_route_json_on_empty_library(capsys, files):
     code, out, _ = run(capsys, "route", "--library", files / "lib", "--json", files / "one.npy")
     assert code == 0
-    assert json.loads(out) == {"image": str(files / "one.npy"), "task": None, "score": None, "threshold": None, "fallback": True}
+    assert json.loads(out) == {
+        "image": str(files / "one.npy"),
+        "task": None,
+        "score": None,
+        "threshold": None,
+        "fallback": True,
+    }
 
 
 def test_console_script_runs_in_a_fresh_process(files):
-    r = subprocess.run([sys.executable, "-m", "casam.cli", "route", "--library", str(files / "lib"), str(files / "x.jpg")],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "casam.cli",
+            "route",
+            "--library",
+            str(files / "lib"),
+            str(files / "x.jpg"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 2 and "x.jpg" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -123,6 +244,10 @@ def test_importing_casam_loads_no_gui():
 
 
 def test_importing_casam_is_lazy():
-    r = subprocess.run([sys.executable, "-c", "import sys, casam; print('torch' in sys.modules)"],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", "import sys, casam; print('torch' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.stdout.strip() == "False"

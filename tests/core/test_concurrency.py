@@ -85,8 +85,13 @@ def run_together(tmp_path: Path, script: str, jobs: list[tuple[str, int]], root:
     f.write_text(script)
     go = tmp_path / "go"
     procs = [
-        subprocess.Popen([sys.executable, str(f), str(root), names, str(seed), str(go)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env(tmp_path))
+        subprocess.Popen(
+            [sys.executable, str(f), str(root), names, str(seed), str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=subprocess_env(tmp_path),
+        )
         for names, seed in jobs
     ]
     for p in procs:
@@ -127,7 +132,9 @@ def test_two_processes_saving_the_same_names_exactly_one_wins_each(tmp_path):
         loser = y if x["won"] else x
         assert "already exists" in loser["message"] and "\n" not in loser["message"]
         winner_seed = 1 if x["won"] else 2
-        assert torch.equal(lib.load(x["name"]).router["features"], router_state(winner_seed)["features"])
+        assert torch.equal(
+            lib.load(x["name"]).router["features"], router_state(winner_seed)["features"]
+        )
     assert sorted(lib.names()) == sorted(names.split(","))
 
 

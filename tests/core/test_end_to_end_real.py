@@ -56,8 +56,22 @@ def library(split, tmp_path_factory):
     cache = root / "embeddings"
     summaries = {}
     for name, p in parts.items():
-        code = main(["learn", "--library", str(lib), "--cache", str(cache), "--name", name,
-                     "--images", str(p["train"] / "images.npy"), "--masks", str(p["train"] / "masks.npy"), *SCHEDULE])
+        code = main(
+            [
+                "learn",
+                "--library",
+                str(lib),
+                "--cache",
+                str(cache),
+                "--name",
+                name,
+                "--images",
+                str(p["train"] / "images.npy"),
+                "--masks",
+                str(p["train"] / "masks.npy"),
+                *SCHEDULE,
+            ]
+        )
         assert code == 0
         summaries[name] = json.loads((lib / name / "task.json").read_text())
     return lib, cache, summaries
@@ -79,7 +93,17 @@ def test_learned_tasks_are_listed(library, capsys):
 def test_heldout_slices_route_to_their_task_and_beat_sam(library, split, capsys, name):
     lib, cache, _ = library
     test = split[1][name]["test"]
-    common = ["--library", lib, "--cache", cache, "--images", test / "images.npy", "--masks", test / "masks.npy", "--json"]
+    common = [
+        "--library",
+        lib,
+        "--cache",
+        cache,
+        "--images",
+        test / "images.npy",
+        "--masks",
+        test / "masks.npy",
+        "--json",
+    ]
     code, out, _ = run(capsys, "eval", *common, "--task", "auto")
     assert code == 0
     auto = json.loads(out)
@@ -112,8 +136,19 @@ def test_segment_writes_the_routed_mask(library, split, capsys, tmp_path):
     np.save(tmp_path / "slice.npy", img)
     ys, xs = np.nonzero(msk)
     box = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
-    code, out, _ = run(capsys, "segment", "--library", lib, "--cache", cache, tmp_path / "slice.npy",
-                       "--box", *box, "--out", tmp_path / "mask.png")
+    code, out, _ = run(
+        capsys,
+        "segment",
+        "--library",
+        lib,
+        "--cache",
+        cache,
+        tmp_path / "slice.npy",
+        "--box",
+        *box,
+        "--out",
+        tmp_path / "mask.png",
+    )
     assert code == 0 and "CT spleen" in out
     from casam.io import read_slices
     from casam.metrics import iou

@@ -50,7 +50,10 @@ def test_pairs_skip_empty_and_honour_label(tmp_path, vol):
     np.save(tmp_path / "img.npy", v)
     np.save(tmp_path / "msk.npy", m)
     pairs, skipped = read_pairs([tmp_path / "img.npy"], [tmp_path / "msk.npy"])
-    assert [p.name.endswith(f"[{k}]") for p, k in zip(pairs, (1, 3))] == [True, True] and skipped == 2
+    assert [p.name.endswith(f"[{k}]") for p, k in zip(pairs, (1, 3))] == [
+        True,
+        True,
+    ] and skipped == 2
     pairs, skipped = read_pairs([tmp_path / "img.npy"], [tmp_path / "msk.npy"], label=2)
     assert len(pairs) == 1 and pairs[0].mask.sum() == 4 and skipped == 3
 
@@ -77,9 +80,17 @@ def test_input_errors_name_the_file(tmp_path, vol):
     np.save(tmp_path / "small.npy", m[:, :10])
     (tmp_path / "bad.png").write_bytes(b"not a png")
     cases = [
-        (lambda: read_pairs([tmp_path / "img.npy"], [tmp_path / "msk.npy"]), "4 slices but its mask"),
+        (
+            lambda: read_pairs([tmp_path / "img.npy"], [tmp_path / "msk.npy"]),
+            "4 slices but its mask",
+        ),
         (lambda: read_pairs([tmp_path / "img.npy"], [tmp_path / "small.npy"]), "must match"),
-        (lambda: read_pairs([tmp_path / "img.npy"], [tmp_path / "msk.npy", tmp_path / "small.npy"]), "1 image files but 2"),
+        (
+            lambda: read_pairs(
+                [tmp_path / "img.npy"], [tmp_path / "msk.npy", tmp_path / "small.npy"]
+            ),
+            "1 image files but 2",
+        ),
         (lambda: read_slices(tmp_path / "bad.png"), "bad.png"),
         (lambda: expand_paths([tmp_path / "nope.png"]), "does not exist"),
         (lambda: expand_paths([tmp_path / "x.bmp"]), "does not exist"),

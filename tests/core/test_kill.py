@@ -91,7 +91,11 @@ def expected_after(log: list[list[str]], known: dict[str, set[str]]) -> dict[str
     for entry in log:
         op, *args = entry
         if op == "saving":
-            state[args[0]] = state.get(args[0], set()) | {"present", "absent"} if args[0] != "over" else {"present"}
+            state[args[0]] = (
+                state.get(args[0], set()) | {"present", "absent"}
+                if args[0] != "over"
+                else {"present"}
+            )
         elif op == "saved":
             state[args[0]] = {"present"}
         elif op == "renaming":
@@ -120,9 +124,15 @@ def check_library(root: Path, expect: dict[str, set[str]]) -> None:
             _, old, new = key.split(":")
             assert old in names or new in names, f"rename {old} -> {new} lost the task"
             continue
-        assert ("present" if key in names else "absent") in ok, f"{key}: expected {ok}, found {sorted(names)}"
+        assert ("present" if key in names else "absent") in ok, (
+            f"{key}: expected {ok}, found {sorted(names)}"
+        )
     assert "over" in names
-    leftovers = [p.name for p in root.iterdir() if p.name.startswith((".tmp-", ".trash-", ".casam-library.json."))]
+    leftovers = [
+        p.name
+        for p in root.iterdir()
+        if p.name.startswith((".tmp-", ".trash-", ".casam-library.json."))
+    ]
     assert leftovers == []
     dirs = {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
     assert dirs == names, "a folder that is not a whole task is visible"
@@ -135,8 +145,13 @@ def kill_runs(tmp_path: Path, script: str, delays: list[float], ready_timeout: f
     expect: dict[str, set[str]] = {"over": {"present"}}
     killed_mid_work = 0
     for run, delay in enumerate(delays):
-        proc = subprocess.Popen([sys.executable, str(f), str(root), str(run * 1000)], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=subprocess_env(tmp_path))
+        proc = subprocess.Popen(
+            [sys.executable, str(f), str(root), str(run * 1000)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=subprocess_env(tmp_path),
+        )
         try:
             first = wait_for_line(proc, ready_timeout)
             assert json.loads(first) == ["ready"], first
@@ -147,7 +162,12 @@ def kill_runs(tmp_path: Path, script: str, delays: list[float], ready_timeout: f
             out, err = proc.communicate(timeout=120)
         assert proc.returncode == -signal.SIGKILL, err[-3000:]
         log = [json.loads(line) for line in out.splitlines() if line.startswith("[")]
-        killed_mid_work += bool(log) and log[-1][0] in ("saving", "overwriting", "renaming", "removing")
+        killed_mid_work += bool(log) and log[-1][0] in (
+            "saving",
+            "overwriting",
+            "renaming",
+            "removing",
+        )
         expect = expected_after(log, expect)
         check_library(root, expect)
     # at least one kill landed inside a write (about 98% of a saver's time is; "over" must

@@ -52,6 +52,7 @@ def dead_pid() -> int:
 
 # ---- round trip ------------------------------------------------------------------------------
 
+
 def test_round_trip_keeps_weights_and_metadata(lib):
     align, router = alignment_state(blocks=2, seed=3), router_state(seed=3, n=9)
     info = lib.save(make_info("CT spleen", blocks=2, threshold=0.123), align, router)
@@ -108,7 +109,10 @@ def test_names_differing_only_in_case_are_refused(lib, tmp_path):
 def test_overwrite_replaces_whole_task_and_leaves_nothing_behind(lib):
     save_task(lib, "A", seed=1)
     save_task(lib, "A", seed=2, overwrite=True)
-    assert torch.equal(lib.load("A").alignment["blocks.0.conv1.weight"], alignment_state(seed=2)["blocks.0.conv1.weight"])
+    assert torch.equal(
+        lib.load("A").alignment["blocks.0.conv1.weight"],
+        alignment_state(seed=2)["blocks.0.conv1.weight"],
+    )
     assert [p.name for p in lib.root.iterdir() if p.name.startswith((".tmp-", ".trash-"))] == []
 
 
@@ -175,6 +179,7 @@ def test_rename_refuses_a_broken_task(lib):
 
 # ---- export / import ---------------------------------------------------------------------------
 
+
 def test_export_import_round_trip(lib, tmp_path):
     save_task(lib, "A", seed=7)
     f = lib.export("A", tmp_path)
@@ -184,7 +189,10 @@ def test_export_import_round_trip(lib, tmp_path):
     other = TaskLibrary(tmp_path / "other")
     info = other.import_task(f)
     assert info.name == "A" and other.problems() == []
-    assert torch.equal(other.load("A").alignment["blocks.0.conv1.weight"], lib.load("A").alignment["blocks.0.conv1.weight"])
+    assert torch.equal(
+        other.load("A").alignment["blocks.0.conv1.weight"],
+        lib.load("A").alignment["blocks.0.conv1.weight"],
+    )
     with pytest.raises(TaskExistsError):
         other.import_task(f)
     assert other.import_task(f, name="A copy").name == "A copy"
@@ -206,7 +214,9 @@ def _exported(lib, tmp_path) -> dict[str, bytes]:
         return {n: z.read(n) for n in z.namelist()}
 
 
-@pytest.mark.parametrize("evil", ["../task.json", "/etc/passwd", "sub/alignment.safetensors", "evil.pkl", "..\\x"])
+@pytest.mark.parametrize(
+    "evil", ["../task.json", "/etc/passwd", "sub/alignment.safetensors", "evil.pkl", "..\\x"]
+)
 def test_import_refuses_members_with_paths_or_foreign_files(lib, tmp_path, evil):
     members = _exported(lib, tmp_path)
     target = TaskLibrary(tmp_path / "target")
@@ -251,7 +261,9 @@ def test_import_refuses_zip_bombs(lib, tmp_path, monkeypatch):
     assert target.names() == []
 
 
-@pytest.mark.parametrize("case", ["not a zip", "missing file", "bad digest", "bad json", "newer", "bad name", "no file"])
+@pytest.mark.parametrize(
+    "case", ["not a zip", "missing file", "bad digest", "bad json", "newer", "bad name", "no file"]
+)
 def test_import_refuses_broken_packages(lib, tmp_path, case):
     members = _exported(lib, tmp_path)
     meta = json.loads(members[META])
@@ -265,7 +277,13 @@ def test_import_refuses_broken_packages(lib, tmp_path, case):
     elif case == "bad json":
         _zip(src, {**members, META: b"{not json"})
     elif case == "newer":
-        _zip(src, {**members, META: json.dumps({**meta, "format_version": LIBRARY_FORMAT_VERSION + 1}).encode()})
+        _zip(
+            src,
+            {
+                **members,
+                META: json.dumps({**meta, "format_version": LIBRARY_FORMAT_VERSION + 1}).encode(),
+            },
+        )
     elif case == "bad name":
         _zip(src, {**members, META: json.dumps({**meta, "name": "../../evil"}).encode()})
     target = TaskLibrary(tmp_path / "t")
@@ -277,10 +295,13 @@ def test_import_refuses_broken_packages(lib, tmp_path, case):
 
 # ---- versions -------------------------------------------------------------------------------
 
+
 def test_newer_library_is_refused(tmp_path):
     root = tmp_path / "lib"
     root.mkdir()
-    (root / MARKER).write_text(json.dumps({"format": "casam-task-library", "format_version": LIBRARY_FORMAT_VERSION + 1}))
+    (root / MARKER).write_text(
+        json.dumps({"format": "casam-task-library", "format_version": LIBRARY_FORMAT_VERSION + 1})
+    )
     with pytest.raises(LibraryError) as e:
         TaskLibrary(root)
     assert "upgrade" in one_line(e.value) and "newer" in str(e.value)
@@ -338,6 +359,7 @@ def test_library_path_that_is_a_file(tmp_path):
 
 
 # ---- leftovers of interrupted writes -----------------------------------------------------------
+
 
 def test_stale_tmp_of_dead_process_is_removed_live_one_kept(lib):
     save_task(lib, "A")
@@ -405,6 +427,7 @@ def test_failed_rename_into_place_restores_old_version(lib, monkeypatch):
 
 
 # ---- full disk -------------------------------------------------------------------------------
+
 
 def _disk_fills_after(monkeypatch, n_ok: int):
     calls = {"n": 0}

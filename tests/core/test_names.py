@@ -27,19 +27,47 @@ from casam.library import (  # noqa: E402
 )
 
 
-@pytest.mark.parametrize("name", ["CT spleen", "MR-T2 prostate (2024)", "x", "Leber_CT.v2", "肝臓", "a" * MAX_NAME, "façade"])
+@pytest.mark.parametrize(
+    "name",
+    ["CT spleen", "MR-T2 prostate (2024)", "x", "Leber_CT.v2", "肝臓", "a" * MAX_NAME, "façade"],
+)
 def test_good_names_pass(name):
     assert validate_name(name) == unicodedata.normalize("NFC", name)
 
 
-@pytest.mark.parametrize("name, why", [
-    ("", "empty"), ("   ", "empty"), ("a/b", "'/'"), ("a\\b", "'\\\\'"), ("../x", "'/'"), ("..", "'..'"),
-    (".", "'.'"), (".hidden", "'.'"), ("x.", "'.'"), ("a..b", "'..'"), ("tab\there", "\\t"),
-    ("new\nline", "\\n"), ("nul\x00byte", "\\x00"), ("bidi\u202eevil", "\\u202e"), (" lead", "space"),
-    ("trail ", "space"), ("sam", "reserved"), ("SAM", "reserved"), ("auto", "reserved"), ("none", "reserved"),
-    ("CON", "device"), ("com1.ct", "device"), ("lpt9", "device"), ("a:b", "':'"), ("a*b", "'*'"),
-    ("a" * (MAX_NAME + 1), "characters long"), ("😀" * 60, "too long"), ("C:\\Windows", "':'"),
-])
+@pytest.mark.parametrize(
+    "name, why",
+    [
+        ("", "empty"),
+        ("   ", "empty"),
+        ("a/b", "'/'"),
+        ("a\\b", "'\\\\'"),
+        ("../x", "'/'"),
+        ("..", "'..'"),
+        (".", "'.'"),
+        (".hidden", "'.'"),
+        ("x.", "'.'"),
+        ("a..b", "'..'"),
+        ("tab\there", "\\t"),
+        ("new\nline", "\\n"),
+        ("nul\x00byte", "\\x00"),
+        ("bidi\u202eevil", "\\u202e"),
+        (" lead", "space"),
+        ("trail ", "space"),
+        ("sam", "reserved"),
+        ("SAM", "reserved"),
+        ("auto", "reserved"),
+        ("none", "reserved"),
+        ("CON", "device"),
+        ("com1.ct", "device"),
+        ("lpt9", "device"),
+        ("a:b", "':'"),
+        ("a*b", "'*'"),
+        ("a" * (MAX_NAME + 1), "characters long"),
+        ("😀" * 60, "too long"),
+        ("C:\\Windows", "':'"),
+    ],
+)
 def test_bad_names_refused_with_a_one_line_message(name, why):
     with pytest.raises(InputError) as e:
         validate_name(name)
@@ -52,7 +80,9 @@ def test_non_text_names_refused(value):
         validate_name(value)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(name=st.text(min_size=0, max_size=80))
 @example(name="../../etc")
 @example(name="..")
@@ -75,7 +105,9 @@ def test_any_text_is_refused_or_stays_inside_the_library(tmp_path, name):
     assert validate_name(n) == n  # idempotent
 
 
-_NAME_CHAR = st.characters(categories=("L", "M", "N", "P", "S"), exclude_characters="".join(FORBIDDEN))
+_NAME_CHAR = st.characters(
+    categories=("L", "M", "N", "P", "S"), exclude_characters="".join(FORBIDDEN)
+)
 _NAME_END = st.characters(categories=("L", "N"))
 
 
@@ -91,7 +123,9 @@ def valid_names(draw) -> str:
     return name[: draw(st.integers(1, len(name)))].rstrip(" .") or name[0]
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(name=valid_names())
 def test_every_valid_name_can_be_a_folder_with_its_trash_and_tmp_names(tmp_path_factory, name):
     nfc = unicodedata.normalize("NFC", name)  # may expand a few code points; rare
@@ -117,7 +151,9 @@ def test_name_cannot_escape_through_library_api(tmp_path):
             lib.load(bad)
         assert bad not in lib
     assert not outside.exists()
-    assert [p.name for p in (tmp_path / "lib").iterdir() if not p.name.startswith(".")] == ["casam-library.json"]
+    assert [p.name for p in (tmp_path / "lib").iterdir() if not p.name.startswith(".")] == [
+        "casam-library.json"
+    ]
 
 
 def test_nfc_and_nfd_spellings_are_the_same_task(tmp_path):

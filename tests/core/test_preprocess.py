@@ -68,7 +68,9 @@ def test_bad_images_get_one_line_messages(image, match):
     assert "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("hw", [(300, 200), (200, 300), (256, 256), (17, 1000), (1000, 17), (64, 65)])
+@pytest.mark.parametrize(
+    "hw", [(300, 200), (200, 300), (256, 256), (17, 1000), (1000, 17), (64, 65)]
+)
 @pytest.mark.parametrize("size", [256, 1024])
 def test_geometry_round_trip(hw, size):
     geo = Geometry(*hw, size)
@@ -82,7 +84,7 @@ def test_geometry_round_trip(hw, size):
 
 
 def test_masks_map_back_to_original_size_exactly():
-    from casam.backbones import Backbone, BACKBONES
+    from casam.backbones import BACKBONES, Backbone
 
     bb = Backbone.__new__(Backbone)  # geometry helpers only; no weights needed
     bb.input_size = 256
@@ -90,7 +92,7 @@ def test_masks_map_back_to_original_size_exactly():
     mask = np.zeros((300, 200), bool)
     mask[40:160, 50:130] = True
     target = bb.lowres_target(mask, geo)  # (256, 256) in the decoder's frame
-    assert target.shape == (256, 256) and target[..., geo.resized[1]:].sum() == 0
+    assert target.shape == (256, 256) and target[..., geo.resized[1] :].sum() == 0
     logits = (target * 2 - 1)[None, None] * 10
     back = (bb.upscale_masks(logits, geo)[0] > 0).numpy()
     assert back.shape == (300, 200)
@@ -101,8 +103,13 @@ def test_masks_map_back_to_original_size_exactly():
 def test_check_boxes_clips_and_refuses():
     out = check_boxes([[-10, -5, 50, 40], [5, 5, 500, 500]], 100, 80)
     assert np.array_equal(out, [[0, 0, 50, 40], [5, 5, 80, 100]])
-    for bad, match in [([10, 10, 5, 20], "inverted"), ([10, 10, 10, 20], "zero area"),
-                       ([200, 200, 300, 300], "outside"), ([1, 2, 3], "shape"), ([0, 0, np.nan, 4], "NaN")]:
+    for bad, match in [
+        ([10, 10, 5, 20], "inverted"),
+        ([10, 10, 10, 20], "zero area"),
+        ([200, 200, 300, 300], "outside"),
+        ([1, 2, 3], "shape"),
+        ([0, 0, np.nan, 4], "NaN"),
+    ]:
         with pytest.raises(InputError, match=match):
             check_boxes(bad, 100, 80)
 

@@ -35,7 +35,9 @@ def geometry_and_boxes(draw):
     n = draw(st.integers(1, 5))
     xs = draw(st.lists(st.tuples(st.floats(0, w), st.floats(0, w)), min_size=n, max_size=n))
     ys = draw(st.lists(st.tuples(st.floats(0, h), st.floats(0, h)), min_size=n, max_size=n))
-    boxes = np.array([[min(x), min(y), max(x), max(y)] for x, y in zip(xs, ys, strict=True)], dtype=np.float64)
+    boxes = np.array(
+        [[min(x), min(y), max(x), max(y)] for x, y in zip(xs, ys, strict=True)], dtype=np.float64
+    )
     return h, w, s, boxes
 
 
@@ -69,8 +71,11 @@ coords = st.floats(min_value=-1e5, max_value=1e5, allow_nan=False)
 
 
 @settings(max_examples=500, deadline=None)
-@given(st.lists(st.tuples(coords, coords, coords, coords), min_size=1, max_size=4),
-       st.integers(8, 4000), st.integers(8, 4000))
+@given(
+    st.lists(st.tuples(coords, coords, coords, coords), min_size=1, max_size=4),
+    st.integers(8, 4000),
+    st.integers(8, 4000),
+)
 def test_check_boxes_refuses_or_clips_inside(boxes, h, w):
     b = np.array(boxes, dtype=np.float64)
     try:
@@ -78,7 +83,12 @@ def test_check_boxes_refuses_or_clips_inside(boxes, h, w):
     except InputError as e:
         msg = one_line(e)
         assert any(k in msg for k in ("inverted", "zero area", "outside"))
-        bad = (b[:, 2] < b[:, 0]) | (b[:, 3] < b[:, 1]) | (b[:, 2] - b[:, 0] < 1) | (b[:, 3] - b[:, 1] < 1)
+        bad = (
+            (b[:, 2] < b[:, 0])
+            | (b[:, 3] < b[:, 1])
+            | (b[:, 2] - b[:, 0] < 1)
+            | (b[:, 3] - b[:, 1] < 1)
+        )
         cx = np.minimum(b[:, 2], w) - np.maximum(b[:, 0], 0)
         cy = np.minimum(b[:, 3], h) - np.maximum(b[:, 1], 0)
         assert (bad | (cx < 1) | (cy < 1)).any()

@@ -107,7 +107,10 @@ def test_control_the_payload_is_live(tmp_path):
     assert m.exists()
 
 
-@pytest.mark.parametrize("fname", ["evil.pkl", "alignment.pth", "model.pt", "weights.bin", "__init__.py", "extra.safetensors"])
+@pytest.mark.parametrize(
+    "fname",
+    ["evil.pkl", "alignment.pth", "model.pt", "weights.bin", "__init__.py", "extra.safetensors"],
+)
 def test_pickle_or_stray_file_in_task_folder_is_refused(lib, marker, fname):
     (lib.root / "evil" / fname).write_bytes(evil_pickle(marker))
     assert_only_good_survives(lib, fname)
@@ -126,7 +129,10 @@ def test_pickled_task_never_runs_on_import_or_export(lib, marker, tmp_path):
     set_digest(lib, "evil", "alignment.safetensors")
     with pytest.raises(LibraryError):
         lib.export("evil", tmp_path)
-    members = {n: (lib.root / "evil" / n).read_bytes() for n in (META, "alignment.safetensors", "router.safetensors")}
+    members = {
+        n: (lib.root / "evil" / n).read_bytes()
+        for n in (META, "alignment.safetensors", "router.safetensors")
+    }
     pkg = tmp_path / "evil.casamtask"
     with zipfile.ZipFile(pkg, "w") as z:
         for n, d in members.items():
@@ -155,6 +161,7 @@ def test_fifo_in_task_folder_does_not_hang(lib):
 
 # ---- integrity ---------------------------------------------------------------------------------
 
+
 def _truncate(p: Path) -> None:
     with open(p, "r+b") as f:
         f.truncate(p.stat().st_size // 2)
@@ -166,7 +173,9 @@ def _flip(p: Path) -> None:
     p.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip", "empty", "swap within", "swap across", "missing"])
+@pytest.mark.parametrize(
+    "damage", ["truncate", "flip", "empty", "swap within", "swap across", "missing"]
+)
 @pytest.mark.parametrize("fname", ["alignment.safetensors", "router.safetensors"])
 def test_damaged_weight_file_is_detected(lib, damage, fname):
     p = lib.root / "evil" / fname
@@ -177,7 +186,9 @@ def test_damaged_weight_file_is_detected(lib, damage, fname):
     elif damage == "empty":
         p.write_bytes(b"")
     elif damage == "swap within":
-        other = "router.safetensors" if fname == "alignment.safetensors" else "alignment.safetensors"
+        other = (
+            "router.safetensors" if fname == "alignment.safetensors" else "alignment.safetensors"
+        )
         a, b = p.read_bytes(), (lib.root / "evil" / other).read_bytes()
         p.write_bytes(b)
         (lib.root / "evil" / other).write_bytes(a)
@@ -190,11 +201,23 @@ def test_damaged_weight_file_is_detected(lib, damage, fname):
     assert_only_good_survives(lib, ".safetensors" if damage == "swap within" else fname)
 
 
-@pytest.mark.parametrize("change", [
-    {"threshold": float("inf")}, {"threshold": float("nan")}, {"threshold": -1.0}, {"threshold": "0.1"},
-    {"blocks": 2}, {"blocks": 0}, {"name": "other"}, {"name": 5}, {"settings": {"beta": "x"}},
-    {"files": {"../../x": "0" * 64, "router.safetensors": "0" * 64}}, {"files": []}, {"created": None},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"threshold": float("inf")},
+        {"threshold": float("nan")},
+        {"threshold": -1.0},
+        {"threshold": "0.1"},
+        {"blocks": 2},
+        {"blocks": 0},
+        {"name": "other"},
+        {"name": 5},
+        {"settings": {"beta": "x"}},
+        {"files": {"../../x": "0" * 64, "router.safetensors": "0" * 64}},
+        {"files": []},
+        {"created": None},
+    ],
+)
 def test_malformed_metadata_is_refused(lib, change):
     meta_path = lib.root / "evil" / META
     meta = json.loads(meta_path.read_text())
@@ -208,7 +231,9 @@ def test_malformed_metadata_is_refused(lib, change):
     lib.load("good")
 
 
-@pytest.mark.parametrize("content", [b"", b"{not json", b"[1, 2]", b"\xff\xfe garbage", b"[" * 100000])
+@pytest.mark.parametrize(
+    "content", [b"", b"{not json", b"[1, 2]", b"\xff\xfe garbage", b"[" * 100000]
+)
 def test_unreadable_task_json_is_refused(lib, content):
     (lib.root / "evil" / META).write_bytes(content)
     (problem,) = lib.problems()
@@ -226,6 +251,7 @@ def test_folder_without_metadata_or_with_bad_name(lib):
 
 # ---- checkpoints of backbones --------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("maker", [evil_pickle, evil_torch_file])
 def test_malicious_checkpoint_is_refused_not_executed(marker, tmp_path, maker):
     from casam.backbones import BACKBONES, Backbone
@@ -239,10 +265,15 @@ def test_malicious_checkpoint_is_refused_not_executed(marker, tmp_path, maker):
 
 # ---- the `casam check` command -----------------------------------------------------------------
 
+
 def _cli_check(tmp_path: Path, root: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "casam.cli", "check", "--library", str(root)],
-        capture_output=True, text=True, env=subprocess_env(tmp_path), cwd=REPO, timeout=300,
+        capture_output=True,
+        text=True,
+        env=subprocess_env(tmp_path),
+        cwd=REPO,
+        timeout=300,
     )
 
 
@@ -313,10 +344,16 @@ def test_threshold_margin_scales_the_calibrated_threshold(tmp_path):
     images, masks = disk_images(6)
     lib = TaskLibrary(tmp_path / "lib")
     p = Predictor(backbone=TinyBackbone(), library=lib)
-    infos = {m: learn_task(images, masks, f"m{m}", predictor=p, settings=tiny_settings(threshold_margin=m))
-             for m in (1.0, 2.5)}
+    infos = {
+        m: learn_task(
+            images, masks, f"m{m}", predictor=p, settings=tiny_settings(threshold_margin=m)
+        )
+        for m in (1.0, 2.5)
+    }
     assert infos[2.5].threshold == pytest.approx(2.5 * infos[1.0].threshold, rel=1e-6)
-    assert torch.equal(lib.load("m1.0").router["vae.enc1.weight"], lib.load("m2.5").router["vae.enc1.weight"])
+    assert torch.equal(
+        lib.load("m1.0").router["vae.enc1.weight"], lib.load("m2.5").router["vae.enc1.weight"]
+    )
     for bad in (0, -1, 11):
         with pytest.raises(InputError) as e:
             tiny_settings(threshold_margin=bad)
@@ -331,10 +368,21 @@ def test_reload_reads_each_task_once(tmp_path, monkeypatch):
     lib = TaskLibrary(tmp_path / "lib")
     for n in ("a", "b", "c"):
         save_task(lib, n)
-    lib.save(make_info("other model", backbone="sam_vit_b:0123456789ab"), alignment_state(), router_state())
+    lib.save(
+        make_info("other model", backbone="sam_vit_b:0123456789ab"),
+        alignment_state(),
+        router_state(),
+    )
     reads = []
     real = TaskLibrary._read_weights
-    monkeypatch.setattr(TaskLibrary, "_read_weights", lambda self, info: reads.append(info.name) or real(self, info))
+    monkeypatch.setattr(
+        TaskLibrary, "_read_weights", lambda self, info: reads.append(info.name) or real(self, info)
+    )
     p = Predictor(backbone=TinyBackbone(), library=lib)
     assert sorted(p.task_names) == ["a", "b", "c"] and p.problems == []
-    assert sorted(reads) == ["a", "b", "c", "other model"]  # the other model's task is verified, not kept
+    assert sorted(reads) == [
+        "a",
+        "b",
+        "c",
+        "other model",
+    ]  # the other model's task is verified, not kept

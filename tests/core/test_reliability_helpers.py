@@ -42,7 +42,9 @@ def alignment_state(blocks: int = 1, seed: int = 0) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in layer.state_dict().items()}
 
 
-def router_state(seed: int = 0, n: int = 6, hidden: int = 128, latent: int = 64) -> dict[str, torch.Tensor]:
+def router_state(
+    seed: int = 0, n: int = 6, hidden: int = 128, latent: int = 64
+) -> dict[str, torch.Tensor]:
     from casam.router import VAE
 
     torch.manual_seed(seed)
@@ -52,20 +54,37 @@ def router_state(seed: int = 0, n: int = 6, hidden: int = 128, latent: int = 64)
     return state
 
 
-def make_info(name: str, backbone: str = TINY_IDENTITY, blocks: int = 1, threshold: float = 0.5, **kw):
+def make_info(
+    name: str, backbone: str = TINY_IDENTITY, blocks: int = 1, threshold: float = 0.5, **kw
+):
     from casam.library import new_task_info
 
     fields = dict(
-        backbone=backbone, threshold=threshold, blocks=blocks, n_images=6, n_objects=6,
-        iou_sam=0.5, iou_task=0.7, biou_sam=0.3, biou_task=0.5, n_holdout=0,
+        backbone=backbone,
+        threshold=threshold,
+        blocks=blocks,
+        n_images=6,
+        n_objects=6,
+        iou_sam=0.5,
+        iou_task=0.7,
+        biou_sam=0.3,
+        biou_task=0.5,
+        n_holdout=0,
         settings={"beta": 16.5, "epochs": 1},
     )
     fields.update(kw)
     return new_task_info(name, **fields)
 
 
-def save_task(lib, name: str, seed: int = 0, backbone: str = TINY_IDENTITY, overwrite: bool = False, **kw):
-    return lib.save(make_info(name, backbone, **kw), alignment_state(seed=seed), router_state(seed), overwrite=overwrite)
+def save_task(
+    lib, name: str, seed: int = 0, backbone: str = TINY_IDENTITY, overwrite: bool = False, **kw
+):
+    return lib.save(
+        make_info(name, backbone, **kw),
+        alignment_state(seed=seed),
+        router_state(seed),
+        overwrite=overwrite,
+    )
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
@@ -77,7 +96,9 @@ def snapshot(root: Path) -> dict[str, bytes]:
     return out
 
 
-def disk_images(n: int = 5, size: int = 64, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def disk_images(
+    n: int = 5, size: int = 64, seed: int = 0
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """``n`` int16 CT-like slices with a bright disk each, and the disks as label masks."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:size, :size]
@@ -180,6 +201,7 @@ def isolate_user_dirs(tmp_path: Path, monkeypatch) -> None:
 
 
 # ---- self-tests of the helpers --------------------------------------------------------------
+
 
 def test_helper_task_round_trips(tmp_path):
     from casam.library import TaskLibrary

@@ -2,7 +2,17 @@ import numpy as np
 import pytest
 import torch
 
-from casam.router import VAE, RouteDecision, VAEBank, attention_pool, fit_router, fold_indices, train_vaes, neg_elbo, train_vae
+from casam.router import (
+    VAE,
+    RouteDecision,
+    VAEBank,
+    attention_pool,
+    fit_router,
+    fold_indices,
+    neg_elbo,
+    train_vae,
+    train_vaes,
+)
 
 
 def test_attention_pool_matches_formula():
@@ -66,19 +76,33 @@ def test_bank_equals_each_vae_and_routes_with_fallback():
         assert torch.allclose(s[:, 1], vb.neg_elbo(test, 16.5, sample=False), rtol=1e-4, atol=1e-5)
     assert [bank.route(f).task for f in test] == ["A"] * 3 + ["B"] * 3
     far = bank.route(torch.full((256,), 3.0))
-    assert far.fallback and far.task is None and far.best in ("A", "B") and far.score > far.threshold
+    assert (
+        far.fallback and far.task is None and far.best in ("A", "B") and far.score > far.threshold
+    )
     assert "SAM fallback" in str(far)
 
 
 def test_empty_bank_falls_back():
     r = VAEBank([], [], [], []).route(torch.zeros(256))
     assert r.fallback and r.task is None and r.best is None
-    assert r.to_json("x") == {"image": "x", "task": None, "score": None, "threshold": None, "fallback": True}
+    assert r.to_json("x") == {
+        "image": "x",
+        "task": None,
+        "score": None,
+        "threshold": None,
+        "fallback": True,
+    }
 
 
 def test_route_json_fields():
     r = RouteDecision("CT spleen", 0.05, 0.1, False, {"CT spleen": 0.05}, best="CT spleen")
-    assert r.to_json("a.png") == {"image": "a.png", "task": "CT spleen", "score": 0.05, "threshold": 0.1, "fallback": False}
+    assert r.to_json("a.png") == {
+        "image": "a.png",
+        "task": "CT spleen",
+        "score": 0.05,
+        "threshold": 0.1,
+        "fallback": False,
+    }
     assert str(r).startswith("CT spleen")
 
 
@@ -97,4 +121,9 @@ def test_batched_training_equals_separate_training():
     f = torch.randn(3, 256)
     with torch.no_grad():
         for t, s in zip(together, alone):
-            assert torch.allclose(t.neg_elbo(f, 16.5, sample=False), s.neg_elbo(f, 16.5, sample=False), rtol=1e-4, atol=1e-5)
+            assert torch.allclose(
+                t.neg_elbo(f, 16.5, sample=False),
+                s.neg_elbo(f, 16.5, sample=False),
+                rtol=1e-4,
+                atol=1e-5,
+            )
