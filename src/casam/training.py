@@ -343,11 +343,6 @@ def iter_learn_task(
 
 def learn_task(*args, callback: Callable[[Progress], None] | None = None, **kwargs) -> TaskInfo:
     """``iter_learn_task`` run to the end; ``callback`` sees every Progress."""
-    gen = iter_learn_task(*args, **kwargs)
-    while True:
-        try:
-            p = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if callback is not None:
-            callback(p)
+    from casam.progress import drive
+
+    return drive(iter_learn_task(*args, **kwargs), callback)
