@@ -198,7 +198,7 @@ class JobQueue:
     def _launch(self, job: Job, on_done: Callable[[], None] | None = None) -> Any:
         def finished() -> None:
             try:
-                if job.finished:
+                if job.finished and not self.closed:
                     job.finished()
             finally:
                 if on_done:
@@ -207,11 +207,17 @@ class JobQueue:
         return start(
             job.func,
             *job.args,
-            yielded=job.yielded,
-            returned=job.returned,
-            errored=job.errored or _log_error,
+            yielded=self._unless_closed(job.yielded),
+            returned=self._unless_closed(job.returned),
+            errored=self._unless_closed(job.errored or _log_error),
             finished=finished,
         )
+
+    def _unless_closed(self, cb: Callback) -> Callback:
+        """``cb``, silenced once the queue is closed (its views may be gone by then)."""
+        if cb is None:
+            return None
+        return lambda value: None if self.closed else cb(value)
 
     def _done(self) -> None:
         self._current = None

@@ -15,13 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import QScrollArea, QVBoxLayout, QWidget
-from superqt import QCollapsible
 
 from napari_casam import _prompts
 from napari_casam._layers import Index, n_leading
 from napari_casam._model import DockModel, LearnModel
 from napari_casam._model.engine import EngineModel
 from napari_casam._prompts import ViewerLayers, is_user_image
+from napari_casam._qt.close_guard import CloseGuard
+from napari_casam._qt.common import section
 from napari_casam._qt.learn_panel import LearnPanel
 from napari_casam._qt.library_panel import LibraryPanel
 from napari_casam._qt.model_panel import ModelPanel
@@ -43,16 +44,7 @@ SHORTCUTS = {
 }
 
 ROUTE_DELAY_MS = 250
-
-
-def _section(title: str, tip: str, body: QWidget, expanded: bool = True) -> QCollapsible:
-    box = QCollapsible(title)
-    box.setToolTip(tip)
-    box.toggleButton().setToolTip(tip)
-    box.addWidget(body)
-    if expanded:
-        box.expand(animate=False)
-    return box
+SHUTDOWN_WAIT_MS = 120_000
 
 
 class CasamWidget(QWidget):
@@ -72,6 +64,8 @@ class CasamWidget(QWidget):
         self.learn_model = LearnModel(self.session)
         self.engine = EngineModel(self.session, self.jobs, self.state.on_job_error)
         self._select_after_reload: str | None = None
+        self.close_guard = CloseGuard(self, self.shutdown)
+        self._opened: str | None = None
         self._uid = id(self)
         self._route_timer = QTimer(self)
         self._route_timer.setSingleShot(True)
@@ -116,12 +110,12 @@ class CasamWidget(QWidget):
         self.learn = LearnPanel(
             self.viewer, self.learn_model, lambda: self.image_layer, self.masks_layer
         )
-        layout.addWidget(_section("Learn a new task", TIPS["learn_box"], self.learn))
+        layout.addWidget(section("Learn a new task", TIPS["learn_box"], self.learn))
         self.library = LibraryPanel(self.session)
-        layout.addWidget(_section("Task library", TIPS["library_box"], self.library))
+        layout.addWidget(section("Task library", TIPS["library_box"], self.library))
         self.model = ModelPanel(self.settings, str(default_library_dir()))
         layout.addWidget(
-            _section("Model and library folder", TIPS["model_box"], self.model, expanded=False)
+            section("Model and library folder", TIPS["model_box"], self.model, expanded=False)
         )
         layout.addStretch(1)
         self.setMinimumWidth(360)
@@ -213,6 +207,8 @@ class CasamWidget(QWidget):
     def _on_layers_changed(self, event: Any = None) -> None:
         if event is not None and getattr(event, "type", "") == "inserted":
             event.value.events.name.connect(self._on_layer_renamed)
+            if is_user_image(event.value):
+                self._opened = _prompts.token(event.value)
         self.refresh_images()
         QTimer.singleShot(0, self._after_layers_changed)
 
@@ -226,7 +222,11 @@ class CasamWidget(QWidget):
             self.learn.refresh_labels()
         except RuntimeError:
             return
-        if self.image_layer is None:
+        opened, self._opened = self.layers.image(self._opened), None
+        if opened is not None and not opened.multiscale:
+            self.set_image_layer(opened)  # a new image: draw on it at once, and see all of it
+            self.viewer.reset_view()
+        elif self.image_layer is None:
             images = [ly for ly in self.viewer.layers if is_user_image(ly)]
             if images:
                 self.set_image_layer(images[-1])
@@ -253,19 +253,15 @@ class CasamWidget(QWidget):
         self.state.bind(image)
         self.segment.show_image(image.name)
         if self.prompts_layer(image) is None:
-            QTimer.singleShot(0, partial(self._link_quietly, self.state.token))
+            QTimer.singleShot(0, partial(self._link_later, self.state.token))
         self.learn.refresh_labels()
         self._schedule_route()
 
-    def _link_quietly(self, tok: str) -> None:
+    def _link_later(self, tok: str) -> None:
         image = self.layers.image(tok)
         if image is None:
             return
-        active = self.viewer.layers.selection.active
-        selected = self._layer_named(active.name) if active is not None else None
-        self.set_image_layer(image)
-        if selected is not None:
-            self.viewer.layers.selection.active = selected
+        self.set_image_layer(image)  # the dock made its layers: the boxes layer is selected
 
     def current_index(self, image: Image | None = None) -> Index:
         """Plane index of ``image`` on the slice in view (``()`` for a 2-D image)."""
@@ -382,3 +378,17 @@ class CasamWidget(QWidget):
         self.state.cancel_jobs()
         self.jobs.clear()
         self.learn.cancel()
+
+    def shutdown(self, wait_ms: int = SHUTDOWN_WAIT_MS) -> None:
+        """The dock, the viewer or napari closes: cancel every job, wait for the running ones.
+
+        Training stops at its next step (nothing saved); loading and embedding cannot be
+        interrupted and finish. Waiting here, while Qt and the workers' signal objects still
+        exist, is what keeps a worker from emitting into deleted objects (which aborts).
+        """
+        self._route_timer.stop()
+        self.state.close()
+        self.learn_model.close()
+        from qtpy.QtCore import QThreadPool
+
+        QThreadPool.globalInstance().waitForDone(wait_ms)

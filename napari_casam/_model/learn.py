@@ -39,6 +39,7 @@ class LearnModel:
         self.last_info: Any = None
         self.last_error: str | None = None
         self.epochs: int | None = None
+        self.closed = False
         self._cancel = threading.Event()
         self._t0 = 0.0
         from napari_casam._notify import notify
@@ -114,6 +115,11 @@ class LearnModel:
             self.worker = worker
         return True
 
+    def close(self) -> None:
+        """Cancel a running training and stay silent from now on (the views are going away)."""
+        self.cancel()
+        self.closed = True
+
     def cancel(self) -> None:
         """Stop training at the engine's next step; nothing is saved."""
         if not self.running:
@@ -123,10 +129,14 @@ class LearnModel:
         self.progress.emit("Cancelling…", 0, 0)
 
     def _on_progress(self, p: Any) -> None:
+        if self.closed:
+            return
         text, value, total = _texts.describe_progress(p, self.epochs)
         self.progress.emit(text, value, total)
 
     def _on_returned(self, info: Any) -> None:
+        if self.closed:
+            return
         if info is None:
             text = "Training cancelled; nothing was saved."
             self.message.emit(text)
@@ -141,6 +151,8 @@ class LearnModel:
         self.learned.emit(info)
 
     def _on_error(self, exc: BaseException) -> None:
+        if self.closed:
+            return
         from casam.errors import CasamError
 
         if isinstance(exc, CasamError):
@@ -155,7 +167,8 @@ class LearnModel:
     def _on_finished(self) -> None:
         self.worker = None
         self.cancelling = False
-        self.state_changed.emit(False)
+        if not self.closed:
+            self.state_changed.emit(False)
 
     def fail(self, msg: str, error: bool = False) -> None:
         self.last_error = msg

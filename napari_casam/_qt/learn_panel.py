@@ -19,7 +19,7 @@ from qtpy.QtWidgets import (
 
 from napari_casam._layers import spatial_shape
 from napari_casam._model.learn import LearnModel
-from napari_casam._qt.segment_panel import combo
+from napari_casam._qt.common import combo
 from napari_casam._texts import MODES, TIPS
 
 if TYPE_CHECKING:

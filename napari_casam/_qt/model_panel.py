@@ -17,7 +17,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_casam._qt.segment_panel import combo
+from napari_casam._qt.common import combo
 from napari_casam._session import backbone_titles, needs_checkpoint
 from napari_casam._settings import PluginSettings
 from napari_casam._texts import DEVICE_TITLES, TIPS

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from qtpy.QtWidgets import (
     QCheckBox,
-    QComboBox,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
@@ -13,18 +12,10 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_casam._qt.common import combo
 from napari_casam._qt.job_bar import JobBar
 from napari_casam._qt.routing_card import RoutingCard
 from napari_casam._texts import AUTO, HINT, SAM, TIPS
-
-
-def combo(tip: str) -> QComboBox:
-    """A combo box that shrinks to 8 characters (the dock is narrow) with a tooltip."""
-    box = QComboBox()
-    box.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
-    box.setMinimumContentsLength(8)
-    box.setToolTip(tip)
-    return box
 
 
 class SegmentPanel(QGroupBox):

@@ -102,7 +102,7 @@ def test_routing_state_is_one_value_shown_on_the_card(dock):
     assert dock.route.decision is task and dock.route.index == (2,)
     text, where = dock.shown[-1]
     assert (text.headline, text.kind) == ("CT spleen", "task")
-    assert where == "vol · slice 3 of 6"
+    assert where == "vol · slice 2 / 5"
     dock.set_override("sam")
     assert dock.shown[-1][0].headline == "Plain SAM (your choice)"
     dock.set_override("auto")
