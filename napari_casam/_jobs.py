@@ -187,13 +187,17 @@ class JobQueue:
                     self._current = None
             finally:
                 self._running_sync = False
-            self.busy_changed.emit(False)
+            self._emit_busy(False)
             return
         if not self._pending:
-            self.busy_changed.emit(False)
+            self._emit_busy(False)
             return
         self._current = self._pending.popleft()
         self._worker = self._launch(self._current, on_done=self._done)
+
+    def _emit_busy(self, busy: bool) -> None:
+        if not self.closed:
+            self.busy_changed.emit(busy)
 
     def _launch(self, job: Job, on_done: Callable[[], None] | None = None) -> Any:
         def finished() -> None:

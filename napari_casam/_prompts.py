@@ -131,6 +131,10 @@ class ViewerLayers:
     def token(self, image: Image) -> str:
         return token(image)
 
+    def show_plane(self, image: Image, index: Index) -> None:
+        """Move the view to plane ``index`` of ``image``."""
+        _show_plane(self.viewer, image, index)
+
     def current_index(self, image: Image | None) -> Index:
         """Plane index of ``image`` on the slice in view (``()`` for a 2-D image)."""
         if image is None:
@@ -141,6 +145,15 @@ class ViewerLayers:
             return ()
         point = image.world_to_data(self.viewer.dims.point)
         return index_from_point(point, n, shape)
+
+
+def _show_plane(viewer: napari.viewer.Viewer, image: Image, index: Index) -> None:
+    coords = np.zeros(image.ndim)
+    coords[: len(index)] = index
+    world = image.data_to_world(coords)
+    offset = viewer.dims.ndim - image.ndim
+    for i in range(len(index)):
+        viewer.dims.set_point(offset + i, float(world[i]))
 
 
 def is_user_image(layer: Any) -> bool:

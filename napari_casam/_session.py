@@ -99,6 +99,8 @@ class Segmented:
     """Whatever the caller attached to the boxes (shape rows), in box order."""
     image_route: RouteDecision | None = None
     """The router's own decision for the plane (``route`` is the forced one on an override)."""
+    boxes: np.ndarray | None = None
+    """(N, 4) XYXY boxes the masks answer, in plane pixels."""
 
 
 @dataclass
@@ -280,6 +282,7 @@ class Session:
             seconds=time.perf_counter() - t0,
             tags=list(tags),
             image_route=image_route,
+            boxes=np.asarray(boxes, dtype=float).reshape(-1, 4),
         )
 
     def job_prepare(

@@ -155,11 +155,11 @@ def _ratio(route: Any) -> str:
 
 
 def where_text(name: str, index: tuple[int, ...], n_slices: int) -> str:
-    """ "name · slice k of n" for the plane ``index`` of an image with ``n_slices`` slices."""
+    """Where a plane is, as napari's slider shows it: "name · slice k / last" (0-based)."""
     if not index:
         return name
     if len(index) == 1:
-        return f"{name} · slice {index[0] + 1} of {n_slices}"
+        return f"{name} · slice {index[0]} / {n_slices - 1}"
     return f"{name} · plane {index}"
 
 
@@ -169,16 +169,36 @@ def busy_text(what: str, seconds: float) -> str:
 
 
 def segmented_text(
-    n_written: int, used: str, seconds: float, embed_seconds: float, empty: int, low: int
+    n_new: int,
+    used: str,
+    seconds: float,
+    embed_seconds: float,
+    empty: int,
+    low: int = 0,
+    replaced: int = 0,
 ) -> str:
-    msg = f"{plural(n_written, 'mask')} with {used} in {seconds:.2f} s"
+    """The status line after a segmentation (new masks, replaced ones, empty, doubtful)."""
+    msg = f"{plural(n_new, 'mask')} with {used} in {seconds:.2f} s"
+    if replaced:
+        msg += f"; {plural(replaced, 'mask')} replaced (the box was redrawn over it)"
     if embed_seconds > 0.3:
         msg += f" (embedding {embed_seconds:.1f} s)"
     if empty:
         msg += f"; {empty} box(es) gave no new pixels"
     if low:
-        msg += f"; low confidence: check {'this mask' if low == 1 else f'{low} masks'}"
+        msg += "; " + low_confidence_text(low)
     return msg + "."
+
+
+def low_confidence_text(n: int) -> str:
+    return "low confidence: check " + ("this mask" if n == 1 else f"these {n} masks")
+
+
+def time_left(seconds: float) -> str:
+    """ "about 40 s left", "about 3 min left"."""
+    if seconds < 90:
+        return f"about {max(seconds, 1):.0f} s left"
+    return f"about {seconds / 60:.0f} min left"
 
 
 # ---- learning -------------------------------------------------------------------------------

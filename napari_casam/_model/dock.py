@@ -37,6 +37,28 @@ if TYPE_CHECKING:
     from napari_casam._session import Routed, Segmented, Session
 
 
+#: Undo compares the masks before and after (to find the slice it changed) up to this size.
+UNDO_DIFF_BYTES = 256 << 20
+#: A mask is "low confidence" below this SAM IoU estimate, or below this fraction of its box.
+LOW_SCORE = 0.5
+LOW_FILL = 0.05
+
+
+def low_confidence(res: Segmented) -> list[int]:
+    """Which masks of a result to check: SAM's own IoU estimate is low, or the mask is tiny
+    against its box (a box over empty air)."""
+    out = []
+    for i, m in enumerate(np.asarray(res.masks, dtype=bool)):
+        score = float(res.scores[i]) if i < len(res.scores) else 1.0
+        fill = 1.0
+        if res.boxes is not None and i < len(res.boxes):
+            x0, y0, x1, y1 = res.boxes[i]
+            fill = m.sum() / max((x1 - x0 + 1) * (y1 - y0 + 1), 1.0)
+        if score < LOW_SCORE or fill < LOW_FILL:
+            out.append(i)
+    return out
+
+
 class Layers(Protocol):
     """How the model finds an image and its linked layers (by the image's token)."""
 
@@ -45,6 +67,7 @@ class Layers(Protocol):
     def prompts(self, image: Any) -> Any: ...
     def ensure_masks(self, image: Any) -> Any: ...
     def current_index(self, image: Any) -> Index: ...
+    def show_plane(self, image: Any, index: Index) -> None: ...
     def token(self, image: Any) -> str: ...
 
 
@@ -57,7 +80,6 @@ class DockModel:
     job_changed = Signal(str, int, int)
     """(text, done, total) of the running job; total 0 = busy without a count."""
     cancellable = Signal(bool)
-    tasks_changed = Signal(list)
 
     def __init__(self, session: Session, layers: Layers, jobs: JobQueue | None = None) -> None:
         self.session = session
@@ -198,7 +220,7 @@ class DockModel:
         if prompts is None:
             return
         masks = self.layers.ensure_masks(image)
-        values = L.write_masks(masks, res.index, res.masks)
+        values, replaced = L.write_masks(masks, res.index, res.masks)
         L.set_box_labels(prompts, res.tags, values)
         written = [v for v in values if v]
         if written:
@@ -206,24 +228,48 @@ class DockModel:
         dt = time.perf_counter() - t0
         self.last_segmentation = res
         self.last_timing = {"box_to_mask": dt, "model": res.seconds, "embed": res.embed_seconds}
-        used = res.task or "plain SAM"
+        low = low_confidence(res)
         self.set_status(
             _texts.segmented_text(
-                len(written), used, dt, res.embed_seconds, len(values) - len(written), 0
+                len(written) - len(replaced),
+                res.task or "plain SAM",
+                dt,
+                res.embed_seconds,
+                len(values) - len(written),
+                len(low),
+                len(replaced),
             )
         )
+        if low:
+            self.notify("warning", _texts.low_confidence_text(len(low)))
         if tok == self.token and res.index == self.current_index(image):
             forced = res.route is not None and getattr(res.route, "forced", False)
             decision = res.image_route if forced or res.route is None else res.route
             self._set_route(RouteState(tok, res.index, decision or self.route.decision))
 
     def undo(self) -> bool:
-        """Undo the last edit of the masks layer; boxes whose mask it removed go too."""
+        """Undo the last edit of the masks layer; boxes whose mask it removed go too.
+
+        When the edit was on another slice than the one in view, the view moves there and
+        the status says so (an undo never changes what the user cannot see).
+        """
         image = self.image
         masks = self.layers.masks(image) if image is not None else None
         if masks is None:
             return False
+        small = masks.data.nbytes <= UNDO_DIFF_BYTES
+        before = np.array(masks.data, copy=True) if small else None
         L.undo_with_boxes(masks, self.layers.prompts(image))
+        if before is None:
+            return True
+        n_lead = n_leading(image.data.shape, image.rgb)
+        planes = L.changed_planes(before, masks.data, n_lead)
+        if planes and n_lead > 0 and self.current_index(image) not in planes:
+            self.layers.show_plane(image, planes[0])
+            self.set_status(
+                f"Undid an edit on {self.where(image, planes[0]).split(' · ')[-1]}: "
+                "the view moved there."
+            )
         return True
 
     def redo(self) -> None:
@@ -373,5 +419,13 @@ class DockModel:
         self.set_status(f"Failed: {exc}")
 
     def close(self) -> None:
+        """Stop every job and tell the views nothing more (they are going away)."""
         self._cancel.set()
         self.jobs.close()
+        for signal in (
+            self.route_changed,
+            self.status_changed,
+            self.job_changed,
+            self.cancellable,
+        ):
+            signal.disconnect()

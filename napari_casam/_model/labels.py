@@ -14,24 +14,62 @@ import numpy as np
 
 from napari_casam._layers import Index, mask_to_indices, next_label, plane, rectangle_to_box
 
+#: A new mask lying at least this much on one existing object replaces that object's mask.
+REPLACE_OVERLAP = 0.5
 
-def write_masks(masks_layer: Any, index: Index, masks: np.ndarray) -> list[int]:
-    """Paint each mask (N, H, W) on plane ``index`` with a new label, as ONE undo step.
 
-    Pixels that already carry a label are kept. Returns each mask's label (0: no new pixel).
+def covered_label(current: np.ndarray, mask: np.ndarray) -> int:
+    """The label covering at least :data:`REPLACE_OVERLAP` of ``mask`` on a plane (0: none)."""
+    under = np.asarray(current)[np.asarray(mask, dtype=bool)]
+    under = under[under > 0]
+    if not under.size:
+        return 0
+    values, counts = np.unique(under, return_counts=True)
+    best = int(np.argmax(counts))
+    return int(values[best]) if counts[best] >= REPLACE_OVERLAP * mask.sum() else 0
+
+
+def write_masks(masks_layer: Any, index: Index, masks: np.ndarray) -> tuple[list[int], set[int]]:
+    """Paint each mask (N, H, W) on plane ``index`` as ONE undo step.
+
+    A mask lying mostly on one existing object (a box redrawn over it) replaces that object's
+    pixels on this plane and keeps its label; any other mask gets a new label and leaves
+    pixels that already carry a label alone. Returns each mask's label (0: no new pixel) and
+    the labels replaced.
     """
-    base = next_label(masks_layer.data)
+    new_label = next_label(masks_layer.data)
     values: list[int] = []
+    replaced: set[int] = set()
     with masks_layer.block_history():
-        for m in masks:
-            ix = mask_to_indices(m, index, plane(masks_layer.data, index), preserve_existing=True)
+        for m in np.asarray(masks, dtype=bool):
+            current = plane(masks_layer.data, index)
+            target = covered_label(current, m)
+            if target:
+                old = mask_to_indices((current == target) & ~m, index, preserve_existing=False)
+                masks_layer.data_setitem(old, 0)
+                keep = m & ((current == 0) | (current == target))
+                masks_layer.data_setitem(
+                    mask_to_indices(keep, index, preserve_existing=False), target
+                )
+                values.append(target)
+                replaced.add(target)
+                continue
+            ix = mask_to_indices(m, index, current, preserve_existing=True)
             if ix[-1].size:
-                value = base + sum(1 for v in values if v)
-                masks_layer.data_setitem(ix, value)
-                values.append(value)
+                masks_layer.data_setitem(ix, new_label)
+                values.append(new_label)
+                new_label += 1
             else:
                 values.append(0)
-    return values
+    return values, replaced
+
+
+def changed_planes(before: np.ndarray, after: np.ndarray, n_lead: int) -> list[Index]:
+    """Plane indices where two label arrays of one image differ."""
+    if n_lead <= 0:
+        return [()] if not np.array_equal(before, after) else []
+    diff = (np.asarray(before) != np.asarray(after)).reshape(*before.shape[:n_lead], -1).any(-1)
+    return [tuple(int(i) for i in ix) for ix in np.argwhere(diff)]
 
 
 def write_interpolation(

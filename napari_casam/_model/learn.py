@@ -40,6 +40,9 @@ class LearnModel:
         self.last_error: str | None = None
         self.epochs: int | None = None
         self.closed = False
+        self._stage: str | None = None
+        self._stage_t0 = 0.0
+        self._stage_step0 = 0
         self._cancel = threading.Event()
         self._t0 = 0.0
         from napari_casam._notify import notify
@@ -92,6 +95,7 @@ class LearnModel:
         self._cancel = threading.Event()
         self.cancelling = False
         self._t0 = time.perf_counter()
+        self._stage = None
         self.last_error = None
         self.message.emit(f"Learning “{name}” from {len(images)} annotated images…")
         self.progress.emit("Starting…", 0, 0)
@@ -132,6 +136,14 @@ class LearnModel:
         if self.closed:
             return
         text, value, total = _texts.describe_progress(p, self.epochs)
+        stage = getattr(p, "stage", None)
+        now = time.perf_counter()
+        if stage != self._stage:
+            self._stage, self._stage_t0, self._stage_step0 = stage, now, value
+        done = value - self._stage_step0
+        if total and 0 < done and value < total:
+            left = (now - self._stage_t0) * (total - value) / done
+            text += " · " + _texts.time_left(left) + (" (this stage)" if stage != "align" else "")
         self.progress.emit(text, value, total)
 
     def _on_returned(self, info: Any) -> None:

@@ -45,6 +45,7 @@ class LearnPanel(QWidget):
         self._completer_names: list[str] = []
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
+        form.setFieldGrowthPolicy(QFormLayout.AllNonFixedFieldsGrow)
         form.setRowWrapPolicy(QFormLayout.WrapLongRows)
         self.labels = combo(TIPS["labels"])
         form.addRow("Masks", self.labels)

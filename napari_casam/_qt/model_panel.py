@@ -47,6 +47,7 @@ class ModelPanel(QWidget):
         self._default_library = default_library
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
+        form.setFieldGrowthPolicy(QFormLayout.AllNonFixedFieldsGrow)
 
         self.backbone = combo(TIPS["backbone"])
         for name, title in backbone_titles().items():

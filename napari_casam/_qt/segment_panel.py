@@ -24,6 +24,7 @@ class SegmentPanel(QGroupBox):
     def __init__(self, auto_route: bool, parent: QWidget | None = None) -> None:
         super().__init__("Segment with boxes", parent)
         form = QFormLayout(self)
+        form.setFieldGrowthPolicy(QFormLayout.AllNonFixedFieldsGrow)
         self.image_combo = combo(TIPS["image"])
         form.addRow("Image", self.image_combo)
         hint = QLabel(HINT)

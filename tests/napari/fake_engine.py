@@ -44,6 +44,8 @@ class FakeSession:
     calls: list[tuple] = field(default_factory=list)
     verified: Any = None
     learn_events: int = 5
+    scores: dict = field(default_factory=dict)
+    """box number -> SAM IoU estimate (default 0.9)."""
     saved: list[str] = field(default_factory=list)
 
     def task_names(self) -> list[str]:
@@ -63,8 +65,9 @@ class FakeSession:
         masks = np.stack([box_mask(image.shape[:2], b) for b in boxes])
         routed = self.route_for.get(index)
         route = routed if task == "auto" else FakeRoute(None, np.nan, None, True, forced=True)
+        scores = np.array([self.scores.get(i, 0.9) for i in range(len(boxes))])
         return Segmented(
-            index, masks, np.ones(len(boxes)), route, None, 0.0, 0.01, list(tags), routed
+            index, masks, scores, route, None, 0.0, 0.01, list(tags), routed, np.asarray(boxes)
         )
 
     def job_prepare(self, get_plane, indices, cancel):
@@ -137,6 +140,9 @@ class FakeLayers:
 
     def current_index(self, image):
         return self.index
+
+    def show_plane(self, image, index):
+        self.index = tuple(index)
 
     def token(self, image):
         return "img"

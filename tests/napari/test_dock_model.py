@@ -69,10 +69,31 @@ def test_boxes_become_labels_grouped_per_plane(dock):
     assert feats["label"].tolist() == [1, 2, 3, -1]
     assert dock.notices == [("info", "1 shape(s) ignored: draw rectangles inside the image.")]
     assert dock.status.startswith("1 mask with plain SAM")
-    # a second box over the first object's pixels writes nothing new, and says so
+
+
+def test_a_box_redrawn_over_an_object_replaces_its_mask(dock):
+    draw(dock, rect(2, 5, 5, 15, 20), rect(2, 25, 30, 35, 45))
+    lab = dock.layers.layers["masks"].data
+    draw(dock, rect(2, 8, 8, 14, 18))  # inside object 1: refines it
+    assert (lab[2, 8:15, 8:19] == 1).all() and (lab[2] == 1).sum() == 7 * 11
+    assert (lab[2] == 2).sum() == 11 * 16  # the other object is untouched
+    assert "1 mask replaced" in dock.status and dock.status.startswith("0 masks")
+    assert dock.layers.layers["prompts"].features["label"].tolist()[-1] == 1
+    draw(dock, rect(2, 14, 19, 26, 31))  # touches both objects a little: a new object
+    assert set(np.unique(lab[2])) == {0, 1, 2, 3}
+    dock.undo()
+    assert set(np.unique(lab[2])) == {0, 1, 2}
+
+
+def test_a_box_over_empty_air_is_kept_but_flagged(dock):
+    dock.session.scores = {0: 0.2}
     draw(dock, rect(2, 5, 5, 15, 20))
-    assert "1 box(es) gave no new pixels" in dock.status
-    assert dock.layers.layers["prompts"].features["label"].tolist()[-1] == -1
+    assert dock.layers.layers["masks"].data[2].any()  # kept
+    assert "low confidence: check this mask" in dock.status
+    assert dock.notices[-1] == ("warning", "low confidence: check this mask")
+    dock.session.scores = {}
+    draw(dock, rect(2, 25, 30, 35, 45))
+    assert "low confidence" not in dock.status
 
 
 def test_group_new_boxes_keeps_ids_of_old_boxes():
@@ -93,6 +114,15 @@ def test_undo_removes_the_last_segmentation_and_its_box(dock):
     assert len(prompts.data) == 1 and prompts.features["label"].tolist() == [1]
     dock.redo()
     assert set(np.unique(masks.data)) == {0, 1, 2}
+
+
+def test_undo_of_an_edit_on_another_slice_moves_the_view_there(dock):
+    draw(dock, rect(4, 5, 5, 15, 20))
+    assert dock.layers.index == (2,)
+    assert dock.undo()
+    assert not dock.layers.layers["masks"].data.any()
+    assert dock.layers.index == (4,)  # the user sees what the undo changed
+    assert dock.status == "Undid an edit on slice 4 / 5: the view moved there."
 
 
 def test_routing_state_is_one_value_shown_on_the_card(dock):
@@ -202,7 +232,11 @@ def test_learn_refuses_bad_requests_and_runs_to_the_end(monkeypatch):
     model.learned.connect(learned.append)
     assert model.start("Liver", "new", image, labels, epochs=5)
     assert states == [True, False] and not model.running
-    assert "Training the Alignment Layer · epoch 2 of 5 · loss 0.250 · 2/5" in progress
+    assert any(
+        t.startswith("Training the Alignment Layer · epoch 2 of 5 · loss 0.250 · 2/5 · about")
+        and t.endswith(" left")
+        for t in progress
+    ), progress
     assert [i.name for i in learned] == ["Liver"] and session.saved == ["Liver"]
 
 
