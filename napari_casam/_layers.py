@@ -75,30 +75,6 @@ def rectangle_to_box(
     return index, box
 
 
-def shapes_to_boxes(
-    shapes_data: Sequence[np.ndarray], plane_shape: tuple[int, int] | None = None
-) -> list[tuple[Index, np.ndarray | None]]:
-    """:func:`rectangle_to_box` over every shape of a Shapes layer."""
-    return [rectangle_to_box(v, plane_shape) for v in shapes_data]
-
-
-def box_to_rectangle(box: Sequence[float], index: Index = ()) -> np.ndarray:
-    """XYXY box on plane ``index`` -> (4, ndim) rectangle vertices for a Shapes layer."""
-    x0, y0, x1, y1 = (float(c) for c in box)
-    corners = np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]])
-    lead = np.broadcast_to(np.asarray(index, dtype=float), (4, len(index)))
-    return np.concatenate([lead, corners], axis=1)
-
-
-def mask_to_box(mask: np.ndarray) -> np.ndarray | None:
-    """Tight XYXY box of a 2-D boolean mask, ``None`` if the mask is empty."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    return np.array([cols[0], rows[0], cols[-1], rows[-1]], dtype=float)
-
-
 def mask_to_indices(
     mask: np.ndarray,
     index: Index = (),
@@ -117,37 +93,6 @@ def mask_to_indices(
     rows, cols = np.nonzero(m)
     lead = tuple(np.full(rows.shape, i, dtype=np.intp) for i in index)
     return (*lead, rows, cols)
-
-
-def masks_to_labels(
-    masks: np.ndarray,
-    values: Sequence[int],
-    base: np.ndarray | None = None,
-    preserve_existing: bool = True,
-    dtype: np.dtype | type = np.uint16,
-) -> np.ndarray:
-    """Paint ``masks`` (N, H, W) with label ``values`` into a copy of ``base`` (H, W).
-
-    Later masks do not overwrite earlier ones when ``preserve_existing`` is set, exactly as
-    the widget's edits behave.
-    """
-    masks = np.asarray(masks, dtype=bool)
-    if masks.ndim == 2:
-        masks = masks[None]
-    if len(values) != len(masks):
-        raise ValueError(f"{len(masks)} masks but {len(values)} label values")
-    out = np.zeros(masks.shape[1:], dtype=dtype) if base is None else np.array(base, copy=True)
-    for m, v in zip(masks, values, strict=True):
-        if preserve_existing:
-            m = m & (out == 0)
-        out[m] = v
-    return out
-
-
-def labels_to_objects(label_plane: np.ndarray) -> list[tuple[int, np.ndarray]]:
-    """Split a 2-D label image into ``(value, mask)`` per nonzero label value, sorted."""
-    lab = np.asarray(label_plane)
-    return [(int(v), lab == v) for v in np.unique(lab) if v != 0]
 
 
 def annotated_indices(labels_data: np.ndarray, n_lead: int) -> list[Index]:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_casam._layers import spatial_shape
+from napari_casam._layers import Index, index_from_point, spatial_shape
 
 if TYPE_CHECKING:
     import napari
@@ -94,3 +94,70 @@ def make_prompts(viewer: napari.viewer.Viewer, image: Image) -> Shapes:
     shapes.current_face_color = "transparent"
     shapes.mode = "add_rectangle"
     return shapes
+
+
+class ViewerLayers:
+    """The model's view of a viewer's layers (the :class:`~napari_casam._model.Layers` protocol).
+
+    napari hands plugin widgets a public-only proxy of the viewer, whose attributes are new
+    proxy objects on every access; so layers are remembered by a token in their metadata and
+    looked up again by iterating ``viewer.layers`` (which yields the layers themselves).
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        self.viewer = viewer
+
+    def image(self, tok: str | None) -> Image | None:
+        if not tok:
+            return None
+        return next(
+            (
+                ly
+                for ly in self.viewer.layers
+                if is_user_image(ly) and ly.metadata.get(TOKEN) == tok
+            ),
+            None,
+        )
+
+    def masks(self, image: Image | None) -> Labels | None:
+        return find_linked(self.viewer, image, MASKS) if image is not None else None
+
+    def prompts(self, image: Image | None) -> Shapes | None:
+        return find_linked(self.viewer, image, PROMPTS) if image is not None else None
+
+    def ensure_masks(self, image: Image) -> Labels:
+        return self.masks(image) or make_masks(self.viewer, image)
+
+    def token(self, image: Image) -> str:
+        return token(image)
+
+    def show_plane(self, image: Image, index: Index) -> None:
+        """Move the view to plane ``index`` of ``image``."""
+        _show_plane(self.viewer, image, index)
+
+    def current_index(self, image: Image | None) -> Index:
+        """Plane index of ``image`` on the slice in view (``()`` for a 2-D image)."""
+        if image is None:
+            return ()
+        shape = spatial_shape(image.data.shape, image.rgb)
+        n = len(shape) - 2
+        if n <= 0:
+            return ()
+        point = image.world_to_data(self.viewer.dims.point)
+        return index_from_point(point, n, shape)
+
+
+def _show_plane(viewer: napari.viewer.Viewer, image: Image, index: Index) -> None:
+    coords = np.zeros(image.ndim)
+    coords[: len(index)] = index
+    world = image.data_to_world(coords)
+    offset = viewer.dims.ndim - image.ndim
+    for i in range(len(index)):
+        viewer.dims.set_point(offset + i, float(world[i]))
+
+
+def is_user_image(layer: Any) -> bool:
+    """An Image layer the user opened (not one the dock made)."""
+    from napari.layers import Image
+
+    return isinstance(layer, Image) and role(layer) is None

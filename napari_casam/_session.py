@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from casam.errors import Cancelled
+from napari_casam._jobs import relay
 from napari_casam._layers import Index
 
 if TYPE_CHECKING:
@@ -26,14 +28,45 @@ if TYPE_CHECKING:
 
 BUNDLED_BACKBONE = "litemedsam"
 
-#: Backbone name -> label shown in the dock (the engine's registry has the same names).
-BACKBONE_TITLES: dict[str, str] = {
-    "litemedsam": "LiteMedSAM (bundled)",
-    "sam_vit_b": "SAM ViT-B (checkpoint file)",
-    "sam_vit_l": "SAM ViT-L (checkpoint file)",
-    "sam_vit_h": "SAM ViT-H (checkpoint file)",
-    "medsam_vit_b": "MedSAM ViT-B (checkpoint file)",
-}
+
+def backbone_titles() -> dict[str, str]:
+    """Backbone name -> title, from the engine's registry (imports torch)."""
+    from casam.backbones import BACKBONES
+
+    return {
+        name: spec.title if not spec.needs_checkpoint else f"{spec.title} (checkpoint file)"
+        for name, spec in BACKBONES.items()
+    }
+
+
+def backbone_title(name: str) -> str:
+    return backbone_titles().get(name, name)
+
+
+def needs_checkpoint(backbone: str) -> bool:
+    """Whether ``backbone`` needs a checkpoint file (the engine's registry says)."""
+    from casam.backbones import BACKBONES
+
+    spec = BACKBONES.get(backbone)
+    return spec is None or spec.needs_checkpoint
+
+
+def available_devices() -> list[str]:
+    """Devices torch can use here, "auto" first (the engine's answer; imports torch)."""
+    from casam import backbones
+
+    engine = getattr(backbones, "available_devices", None)
+    if engine is not None:
+        return list(engine())
+    import torch
+
+    out = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        out.append("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        out.append("mps")
+    return out
 
 
 def guard_triton() -> None:
@@ -47,23 +80,6 @@ def guard_triton() -> None:
     if "triton" in sys.modules or os.environ.get("CASAM_ALLOW_TRITON", "") not in ("", "0"):
         return
     sys.modules["triton"] = None  # type: ignore[assignment]
-
-
-def needs_checkpoint(backbone: str) -> bool:
-    return backbone != BUNDLED_BACKBONE
-
-
-def available_devices() -> list[str]:
-    """Devices torch can use here, "auto" first (imports torch)."""
-    import torch
-
-    out = ["auto", "cpu"]
-    if torch.cuda.is_available():
-        out.append("cuda")
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        out.append("mps")
-    return out
 
 
 @dataclass
@@ -81,6 +97,10 @@ class Segmented:
     seconds: float
     tags: list[Any] = field(default_factory=list)
     """Whatever the caller attached to the boxes (shape rows), in box order."""
+    image_route: RouteDecision | None = None
+    """The router's own decision for the plane (``route`` is the forced one on an override)."""
+    boxes: np.ndarray | None = None
+    """(N, 4) XYXY boxes the masks answer, in plane pixels."""
 
 
 @dataclass
@@ -88,10 +108,6 @@ class Routed:
     index: Index
     route: RouteDecision | None
     """None when the plane is not embedded yet and computing was not asked for."""
-
-
-class Cancelled(Exception):
-    """Internal: a job saw its cancel flag."""
 
 
 class Session:
@@ -113,6 +129,8 @@ class Session:
         self.predictor: Predictor | None = None
         self._library: TaskLibrary | None = None
         self._lock = threading.Lock()
+        self.verified: tuple[list[str], list[str]] | None = None
+        """(names routing uses, problem lines) of the loaded predictor's library."""
 
     # ---- configuration --------------------------------------------------------------------
     def configure(
@@ -133,6 +151,7 @@ class Session:
         with self._lock:
             self.predictor = None
             self._library = None
+            self.verified = None
         return True
 
     @property
@@ -170,6 +189,28 @@ class Session:
                 out.append(t)
         return sorted(out, key=lambda t: t.name.lower())
 
+    def library_rows(self) -> list[tuple[TaskInfo, str | None]]:
+        """Tasks of the active backbone, each with why routing refuses it (None: it is used).
+
+        Once the model is loaded, "used" is what the predictor's verified read of the library
+        (``TaskLibrary.scan``) kept, recorded by the worker that loaded or reloaded it.
+        """
+        tasks = self.active_tasks()
+        if self.verified is None:
+            return [(t, None) for t in tasks]
+        used, problems = set(self.verified[0]), self.verified[1]
+        out: list[tuple[TaskInfo, str | None]] = []
+        for t in tasks:
+            why = None
+            if t.name not in used:
+                quoted = f"'{t.name}'"
+                why = next((x for x in problems if quoted in x), "it did not pass verification")
+            out.append((t, why))
+        return out
+
+    def _record_verified(self, p: Predictor) -> None:
+        self.verified = (list(p.task_names), list(getattr(p, "problems", [])))
+
     def task_names(self) -> list[str]:
         if self.predictor is not None:
             return list(self.predictor.task_names)
@@ -178,7 +219,7 @@ class Session:
     # ---- jobs -----------------------------------------------------------------------------
     def job_load(self) -> Generator[str, None, tuple[Predictor, list[str]]]:
         """Build the predictor (imports torch, loads weights): seconds on a CPU."""
-        yield f"Loading {BACKBONE_TITLES.get(self.backbone, self.backbone)}…"
+        yield f"Loading {backbone_title(self.backbone)}…"
         return self._ensure(), available_devices()
 
     def _ensure(self) -> Predictor:
@@ -194,6 +235,7 @@ class Session:
                     library=self.library,
                     disk_cache=default_cache_dir() if self.disk_cache else None,
                 )
+                self._record_verified(self.predictor)
             return self.predictor
 
     def job_route(
@@ -226,7 +268,7 @@ class Session:
             p = self._ensure()
         if not p.is_cached(image):
             yield "Computing the image embedding…"
-        p.set_image(image)
+        image_route = p.set_image(image)
         t1 = time.perf_counter()
         yield "Segmenting…"
         pred = p.predict(np.asarray(boxes, dtype=float).reshape(-1, 4), task=task)
@@ -239,6 +281,8 @@ class Session:
             embed_seconds=t1 - t0,
             seconds=time.perf_counter() - t0,
             tags=list(tags),
+            image_route=image_route,
+            boxes=np.asarray(boxes, dtype=float).reshape(-1, 4),
         )
 
     def job_prepare(
@@ -276,7 +320,7 @@ class Session:
         yield 0, n
         for k, (ix, box) in enumerate(items):
             if cancel.is_set():
-                raise Cancelled
+                raise Cancelled("interpolation cancelled")
             p.set_image(get_plane(ix))
             pred = p.predict(np.asarray(box, dtype=float).reshape(1, 4), task=task)
             out.append((ix, np.asarray(pred.masks[0], dtype=bool)))
@@ -288,6 +332,7 @@ class Session:
         yield "Reloading the task library…"
         if self.predictor is not None:
             self.predictor.reload_library()
+            self._record_verified(self.predictor)
             return list(self.predictor.task_names)
         return self.task_names()
 
@@ -323,13 +368,6 @@ class Session:
             extend=extend,
         )
         try:
-            while True:
-                if cancel.is_set():
-                    return None
-                try:
-                    progress = next(gen)
-                except StopIteration as stop:
-                    return stop.value
-                yield progress
-        finally:
-            gen.close()
+            return (yield from relay(gen, cancel.is_set))
+        except Cancelled:
+            return None

@@ -7,6 +7,8 @@ embeddings on disk" setting), so each real slice is embedded once per test sessi
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import shutil
 from pathlib import Path
 
@@ -14,6 +16,9 @@ import numpy as np
 import pytest
 
 from napari_casam._session import guard_triton
+
+if importlib.util.find_spec("PyQt6") is not None:
+    os.environ.setdefault("QT_API", "pyqt6")  # the extra's binding, also where PyQt5 lingers
 
 guard_triton()  # as the dock does: triton + Mesa's LLVM in one process crash (see guard_triton)
 

@@ -48,28 +48,6 @@ def test_rectangle_to_box_rejects_bad_shape():
         L.rectangle_to_box(np.zeros(4))
 
 
-def test_box_to_rectangle_round_trip():
-    box = np.array([3.0, 4.0, 50.0, 60.0])
-    v = L.box_to_rectangle(box, (5,))
-    assert v.shape == (4, 3)
-    index, back = L.rectangle_to_box(v)
-    assert index == (5,)
-    np.testing.assert_allclose(back, box)
-    assert L.box_to_rectangle(box).shape == (4, 2)
-
-
-def test_shapes_to_boxes_lists_every_shape():
-    out = L.shapes_to_boxes([rect(0, 0, 10, 10, 1), rect(5, 5, 20, 30, 2)], (64, 64))
-    assert [ix for ix, _ in out] == [(1,), (2,)]
-
-
-def test_mask_to_box_and_empty():
-    m = np.zeros((20, 30), bool)
-    m[5:9, 10:25] = True
-    np.testing.assert_allclose(L.mask_to_box(m), [10, 5, 24, 8])
-    assert L.mask_to_box(np.zeros((4, 4), bool)) is None
-
-
 def test_mask_to_indices_full_dimensional_and_preserving():
     m = np.zeros((4, 5), bool)
     m[1:3, 1:4] = True
@@ -84,30 +62,6 @@ def test_mask_to_indices_full_dimensional_and_preserving():
     vol = np.zeros((5, 4, 5), np.uint16)
     vol[L.mask_to_indices(m, (2,))] = 4
     assert vol[2].sum() == 4 * 6 and vol.sum() == 4 * 6
-
-
-def test_masks_to_labels_new_label_per_mask_without_overwriting():
-    a = np.zeros((6, 6), bool)
-    a[0:4, 0:4] = True
-    b = np.zeros((6, 6), bool)
-    b[2:6, 2:6] = True
-    lab = L.masks_to_labels(np.stack([a, b]), [1, 2])
-    assert lab.dtype == np.uint16
-    assert (lab == 1).sum() == 16
-    assert (lab == 2).sum() == 16 - 4
-    base = np.full((6, 6), 0, np.int32)
-    base[5, 5] = 7
-    lab2 = L.masks_to_labels(b, [3], base=base)
-    assert lab2[5, 5] == 7 and lab2.dtype == np.int32
-    with pytest.raises(ValueError):
-        L.masks_to_labels(np.stack([a, b]), [1])
-
-
-def test_labels_to_objects_splits_values():
-    lab = np.array([[0, 1, 1], [2, 2, 0], [0, 0, 5]])
-    objs = L.labels_to_objects(lab)
-    assert [v for v, _ in objs] == [1, 2, 5]
-    assert objs[1][1].sum() == 2
 
 
 def test_annotated_indices_and_training_pairs_volume():

@@ -17,10 +17,24 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_casam._session import BACKBONE_TITLES, needs_checkpoint
+from napari_casam._qt.common import combo
+from napari_casam._session import backbone_titles, needs_checkpoint
 from napari_casam._settings import PluginSettings
+from napari_casam._texts import DEVICE_TITLES, TIPS
 
-DEVICE_TITLES = {"auto": "auto", "cpu": "CPU", "cuda": "CUDA GPU", "mps": "Apple MPS"}
+
+def _path_row(tip: str) -> tuple[QLineEdit, QPushButton, QWidget]:
+    """A line edit for a path with its Browse… button, in one row widget."""
+    edit = QLineEdit()
+    edit.setToolTip(TIPS[tip])
+    button = QPushButton("Browse…")
+    button.setToolTip(TIPS[f"{tip}_btn"])
+    row = QWidget()
+    layout = QHBoxLayout(row)
+    layout.setContentsMargins(0, 0, 0, 0)
+    layout.addWidget(edit, 1)
+    layout.addWidget(button)
+    return edit, button, row
 
 
 class ModelPanel(QWidget):
@@ -33,72 +47,32 @@ class ModelPanel(QWidget):
         self._default_library = default_library
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
+        form.setFieldGrowthPolicy(QFormLayout.AllNonFixedFieldsGrow)
 
-        self.backbone = QComboBox()
-
-        self.backbone.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
-
-        self.backbone.setMinimumContentsLength(8)
-        for name, title in BACKBONE_TITLES.items():
+        self.backbone = combo(TIPS["backbone"])
+        for name, title in backbone_titles().items():
             self.backbone.addItem(title, name)
-        self.backbone.setToolTip(
-            "Frozen SAM model that computes image embeddings and masks. LiteMedSAM ships "
-            "with the plugin and runs on a laptop CPU; SAM ViT-B/L/H and MedSAM need their "
-            "official checkpoint file. Tasks are tied to the backbone they were learned with."
-        )
         form.addRow("Backbone", self.backbone)
 
-        self.checkpoint = QLineEdit()
+        self.checkpoint, self.checkpoint_btn, self.checkpoint_row = _path_row("checkpoint")
         self.checkpoint.setPlaceholderText("checkpoint .pth file")
-        self.checkpoint.setToolTip("Local weight file of the chosen backbone (official .pth).")
-        self.checkpoint_btn = QPushButton("Browse…")
-        self.checkpoint_btn.setToolTip("Choose the backbone's checkpoint file.")
-        row = QHBoxLayout()
-        row.addWidget(self.checkpoint, 1)
-        row.addWidget(self.checkpoint_btn)
-        self.checkpoint_row = QWidget()
-        self.checkpoint_row.setLayout(row)
-        row.setContentsMargins(0, 0, 0, 0)
         self.checkpoint_label = QLabel("Checkpoint")
         form.addRow(self.checkpoint_label, self.checkpoint_row)
 
-        self.device = QComboBox()
-
-        self.device.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
-
-        self.device.setMinimumContentsLength(8)
-        self.device.setToolTip(
-            "Where the model runs. auto = CUDA GPU, then Apple MPS, then CPU. "
-            "GPUs appear here once the model has been loaded."
-        )
+        self.device = combo(TIPS["device"])
         form.addRow("Device", self.device)
 
-        self.library = QLineEdit()
+        self.library, self.library_btn, library_row = _path_row("library")
         self.library.setReadOnly(True)
-        self.library.setToolTip(
-            "Folder of the task library (learned tasks). Share it, or export single tasks, "
-            "to use the same tasks at another site."
-        )
-        self.library_btn = QPushButton("Browse…")
-        self.library_btn.setToolTip("Choose another task library folder.")
-        lrow = QHBoxLayout()
-        lrow.setContentsMargins(0, 0, 0, 0)
-        lrow.addWidget(self.library, 1)
-        lrow.addWidget(self.library_btn)
-        lw = QWidget()
-        lw.setLayout(lrow)
-        form.addRow("Library", lw)
+        form.addRow("Library", library_row)
 
         self.disk_cache = QCheckBox("Keep embeddings on disk")
-        self.disk_cache.setToolTip(
-            "Store every computed embedding in the per-user cache folder (about 2 MB per "
-            "slice), so a volume opened again answers at once in a later session."
-        )
+        self.disk_cache.setToolTip(TIPS["disk_cache"])
         form.addRow(self.disk_cache)
 
         self.status = QLabel("Model not loaded yet")
         self.status.setWordWrap(True)
-        self.status.setToolTip("State of the model (loads in the background on first use).")
+        self.status.setToolTip(TIPS["model_status"])
         form.addRow(self.status)
 
         self._checkpoints = dict(settings.checkpoints)

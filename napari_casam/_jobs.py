@@ -1,8 +1,9 @@
-"""Run the engine's long work off the GUI thread.
+"""Run the engine's long work off the GUI thread, one job at a time (no Qt imported here).
 
 Every job is a generator function: it yields progress and returns its result, as in
 stardist-napari. ``CASAM_NAPARI_NOTHREADS=1`` runs jobs synchronously in the calling thread
-(deterministic tests, debugging); otherwise napari's ``create_worker`` runs them in a thread.
+(deterministic tests, debugging); otherwise napari's ``create_worker`` runs them in a thread,
+and its callbacks arrive in the GUI thread.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ import logging
 import os
 from collections import deque
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from qtpy.QtCore import QObject, Signal
+from psygnal import Signal
 
 log = logging.getLogger(__name__)
 
@@ -23,12 +24,8 @@ Callback = Callable[[Any], None] | None
 
 def threads_disabled() -> bool:
     """True when ``CASAM_NAPARI_NOTHREADS`` asks for synchronous jobs."""
-    return os.environ.get("CASAM_NAPARI_NOTHREADS", "").strip().lower() not in (
-        "",
-        "0",
-        "false",
-        "no",
-    )
+    value = os.environ.get("CASAM_NAPARI_NOTHREADS", "").strip().lower()
+    return value not in ("", "0", "false", "no")
 
 
 class _SyncWorker:
@@ -38,6 +35,54 @@ class _SyncWorker:
 
     def quit(self) -> None:
         pass
+
+
+def _run_sync(
+    func: Callable[..., Generator[Any, None, Any]],
+    args: tuple,
+    yielded: Callback,
+    returned: Callback,
+    errored: Callback,
+    finished: Callable[[], None] | None,
+) -> _SyncWorker:
+    from casam.progress import drive
+
+    try:
+        value = drive(func(*args), yielded)
+        if returned:
+            returned(value)
+    except Exception as exc:  # noqa: BLE001 - handed to the caller's error handler
+        if errored is None:
+            raise
+        errored(exc)
+    finally:
+        if finished:
+            finished()
+    return _SyncWorker()
+
+
+def relay(
+    gen: Generator[Any, None, Any], should_stop: Callable[[], bool]
+) -> Generator[Any, None, Any]:
+    """``yield from gen`` for a worker, with :func:`casam.progress.drive`'s contract.
+
+    ``should_stop`` is asked before each step; once True, ``gen`` is closed (nothing saved)
+    and :class:`casam.errors.Cancelled` is raised. ``drive`` consumes its events itself, so a
+    generator whose events a napari worker must see again needs this one re-yielding loop.
+    """
+    from casam.errors import Cancelled
+
+    try:
+        while True:
+            if should_stop():
+                raise Cancelled("stopped at the user's request; nothing was saved")
+            try:
+                event = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            yield event
+    finally:
+        gen.close()
 
 
 def start(
@@ -54,29 +99,10 @@ def start(
     threads are disabled, in which case everything already ran when this returns.
     """
     if threads_disabled():
-        try:
-            gen = func(*args)
-            while True:
-                try:
-                    value = next(gen)
-                except StopIteration as stop:
-                    if returned:
-                        returned(stop.value)
-                    break
-                if yielded:
-                    yielded(value)
-        except Exception as exc:  # noqa: BLE001 - handed to the caller's error handler
-            if errored is None:
-                raise
-            errored(exc)
-        finally:
-            if finished:
-                finished()
-        return _SyncWorker()
-
+        return _run_sync(func, args, yielded, returned, errored, finished)
     from napari.qt.threading import create_worker
 
-    connect: dict[str, Any] = {}
+    worker = create_worker(func, *args, _start_thread=False, _ignore_errors=True)
     for name, cb in (
         ("yielded", yielded),
         ("returned", returned),
@@ -84,10 +110,7 @@ def start(
         ("finished", finished),
     ):
         if cb is not None:
-            connect[name] = cb
-    worker = create_worker(func, *args, _start_thread=False, _ignore_errors=True)
-    for name, cb in connect.items():
-        getattr(worker, name).connect(cb)
+            getattr(worker, name).connect(cb)
     worker.start()
     return worker
 
@@ -103,10 +126,9 @@ class Job:
     returned: Callback = None
     errored: Callback = None
     finished: Callable[[], None] | None = None
-    extra: dict = field(default_factory=dict)
 
 
-class JobQueue(QObject):
+class JobQueue:
     """Runs jobs one after another, so only one touches the predictor at a time.
 
     A job submitted with ``replace=True`` drops queued (not running) jobs of the same ``key``:
@@ -115,25 +137,25 @@ class JobQueue(QObject):
 
     busy_changed = Signal(bool)
 
-    def __init__(self, parent: QObject | None = None) -> None:
-        super().__init__(parent)
+    def __init__(self) -> None:
         self._pending: deque[Job] = deque()
         self._current: Job | None = None
         self._worker: Any = None
         self._running_sync = False
+        self.closed = False
 
     @property
     def busy(self) -> bool:
         return self._current is not None or bool(self._pending)
 
     @property
-    def current_key(self) -> str | None:
-        return self._current.key if self._current else None
-
-    def pending_keys(self) -> list[str | None]:
-        return [j.key for j in self._pending]
+    def worker(self) -> Any:
+        """The napari worker of the running job (None when idle or synchronous)."""
+        return self._worker
 
     def submit(self, job: Job, replace: bool = False) -> None:
+        if self.closed:
+            return
         was_busy = self.busy
         if replace and job.key is not None:
             self._pending = deque(j for j in self._pending if j.key != job.key)
@@ -148,6 +170,11 @@ class JobQueue(QObject):
         if self._worker is not None and getattr(self._worker, "is_running", False):
             self._worker.quit()
 
+    def close(self) -> None:
+        """Refuse new jobs from now on and stop the running one at its next yield."""
+        self.closed = True
+        self.clear()
+
     def _run_next(self) -> None:
         if self._current is not None or self._running_sync:
             return
@@ -160,18 +187,22 @@ class JobQueue(QObject):
                     self._current = None
             finally:
                 self._running_sync = False
-            self.busy_changed.emit(False)
+            self._emit_busy(False)
             return
         if not self._pending:
-            self.busy_changed.emit(False)
+            self._emit_busy(False)
             return
         self._current = self._pending.popleft()
         self._worker = self._launch(self._current, on_done=self._done)
 
+    def _emit_busy(self, busy: bool) -> None:
+        if not self.closed:
+            self.busy_changed.emit(busy)
+
     def _launch(self, job: Job, on_done: Callable[[], None] | None = None) -> Any:
         def finished() -> None:
             try:
-                if job.finished:
+                if job.finished and not self.closed:
                     job.finished()
             finally:
                 if on_done:
@@ -180,11 +211,17 @@ class JobQueue(QObject):
         return start(
             job.func,
             *job.args,
-            yielded=job.yielded,
-            returned=job.returned,
-            errored=job.errored or _log_error,
+            yielded=self._unless_closed(job.yielded),
+            returned=self._unless_closed(job.returned),
+            errored=self._unless_closed(job.errored or _log_error),
             finished=finished,
         )
+
+    def _unless_closed(self, cb: Callback) -> Callback:
+        """``cb``, silenced once the queue is closed (its views may be gone by then)."""
+        if cb is None:
+            return None
+        return lambda value: None if self.closed else cb(value)
 
     def _done(self) -> None:
         self._current = None

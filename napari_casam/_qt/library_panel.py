@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,34 +21,11 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_casam._notify import notify as _notify
+from napari_casam._texts import COLUMNS, EXPORT_FILTER, TIPS, iou_tip, task_row
+
 if TYPE_CHECKING:
     from napari_casam._session import Session
-
-COLUMNS = ("Task", "Images", "Threshold", "IoU SAM→task", "Created")
-EXPORT_FILTER = "CA-SAM task (*.casamtask)"
-
-
-def _fmt(x: Any, digits: int = 2) -> str:
-    if x is None:
-        return "–"
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return str(x)
-    return "–" if math.isnan(v) else f"{v:.{digits}f}"
-
-
-def task_row(info: Any) -> list[str]:
-    """The table cells of one ``casam.TaskInfo``."""
-    iou = f"{_fmt(info.iou_sam)} → {_fmt(info.iou_task)}"
-    created = str(getattr(info, "created", ""))[:10]
-    return [info.name, str(info.n_images), f"{float(info.threshold):.3g}", iou, created]
-
-
-def _notify(kind: str, msg: str) -> None:
-    from napari.utils.notifications import show_error, show_info, show_warning
-
-    {"info": show_info, "warning": show_warning, "error": show_error}[kind](msg)
 
 
 class LibraryPanel(QWidget):
@@ -73,10 +49,7 @@ class LibraryPanel(QWidget):
         header.setSectionResizeMode(0, QHeaderView.Stretch)
         for c in range(1, len(COLUMNS)):
             header.setSectionResizeMode(c, QHeaderView.ResizeToContents)
-        self.table.setToolTip(
-            "Tasks learned with the active backbone: training images, router threshold "
-            "(ELBO), IoU on held-out images of plain SAM versus the task, creation time."
-        )
+        self.table.setToolTip(TIPS["table"])
         self.table.setMinimumHeight(90)
         layout.addWidget(self.table)
 
@@ -87,13 +60,13 @@ class LibraryPanel(QWidget):
 
         row = QHBoxLayout()
         self.rename_btn = QPushButton("Rename…")
-        self.rename_btn.setToolTip("Give the selected task another name.")
+        self.rename_btn.setToolTip(TIPS["rename"])
         self.delete_btn = QPushButton("Delete…")
-        self.delete_btn.setToolTip("Delete the selected task from the library (asks first).")
+        self.delete_btn.setToolTip(TIPS["delete"])
         self.import_btn = QPushButton("Import…")
-        self.import_btn.setToolTip("Add a task exported elsewhere (a .casamtask file).")
+        self.import_btn.setToolTip(TIPS["import"])
         self.export_btn = QPushButton("Export…")
-        self.export_btn.setToolTip("Save the selected task as a single .casamtask file to share.")
+        self.export_btn.setToolTip(TIPS["export"])
         for b in (self.rename_btn, self.delete_btn, self.import_btn, self.export_btn):
             row.addWidget(b)
         layout.addLayout(row)
@@ -110,31 +83,32 @@ class LibraryPanel(QWidget):
         """Re-read the library folder."""
         selected = self.selected_name()
         try:
-            infos = self.session.active_tasks()
+            rows = self.session.library_rows()
         except Exception as exc:  # noqa: BLE001 - a broken library must not break the dock
             _notify("warning", f"Cannot read the task library: {exc}")
-            infos = []
-        self.table.setRowCount(len(infos))
-        for r, info in enumerate(infos):
+            rows = []
+        self.table.setRowCount(len(rows))
+        for r, (info, refused) in enumerate(rows):
             for c, text in enumerate(task_row(info)):
-                item = QTableWidgetItem(text)
+                item = QTableWidgetItem(text if c or not refused else f"{text} (refused)")
                 if c:
                     item.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
                 if c == 4:
                     item.setToolTip(f"Created {info.created}")
                 if c == 3 and info.iou_task is not None and info.iou_sam is not None:
-                    item.setToolTip(
-                        f"Held-out IoU on {getattr(info, 'n_holdout', '?')} images: plain SAM "
-                        f"{_fmt(info.iou_sam, 3)}, with the task {_fmt(info.iou_task, 3)}"
-                    )
+                    item.setToolTip(iou_tip(info))
+                if refused:
+                    item.setForeground(Qt.gray)
+                    item.setToolTip(f"Routing does not use this task: {refused}")
+                item.setData(Qt.UserRole, info.name)
                 self.table.setItem(r, c, item)
-        self.empty.setVisible(not infos)
+        self.empty.setVisible(not rows)
         if selected:
             self.select(selected)
         self._update_buttons()
 
     def names(self) -> list[str]:
-        return [self.table.item(r, 0).text() for r in range(self.table.rowCount())]
+        return [self.table.item(r, 0).data(Qt.UserRole) for r in range(self.table.rowCount())]
 
     def select(self, name: str) -> None:
         for r, n in enumerate(self.names()):
@@ -146,7 +120,7 @@ class LibraryPanel(QWidget):
         rows = {i.row() for i in self.table.selectedItems()}
         if len(rows) != 1:
             return None
-        return self.table.item(rows.pop(), 0).text()
+        return self.table.item(rows.pop(), 0).data(Qt.UserRole)
 
     def _update_buttons(self) -> None:
         has = self.selected_name() is not None
@@ -175,7 +149,7 @@ class LibraryPanel(QWidget):
         )
 
     def delete(self, name: str | None = None, confirm: bool = True) -> bool:
-        """Delete ``name`` (default: the selected task), asking first unless ``confirm`` is False."""
+        """Delete ``name`` (default: the selected task); asks first unless ``confirm`` is False."""
         name = name or self.selected_name()
         if not name:
             return False

@@ -1,0 +1,271 @@
+"""Every text the dock shows: tooltips, card texts, progress lines and number formatting.
+
+Qt-free (the model and the views both read it), as micro-sam keeps its tooltips in one module.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+AUTO = "auto"
+SAM = "sam"
+NA = "–"
+
+
+def fmt(x: Any, digits: int = 2) -> str:
+    """A number with ``digits`` decimals; None, NaN and non-numbers read "–"."""
+    v = _float(x)
+    return NA if v is None else f"{v:.{digits}f}"
+
+
+def fmt_g(x: Any) -> str:
+    """A number with three significant digits (scores, thresholds); missing reads "–"."""
+    v = _float(x)
+    return NA if v is None else f"{v:.3g}"
+
+
+def _float(x: Any) -> float | None:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(v) else v
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+# ---- tooltips -------------------------------------------------------------------------------
+TIPS: dict[str, str] = {
+    "image": "Image to segment. The dock adds a “boxes” Shapes layer (draw rectangles on it) "
+    "and a “masks” Labels layer (results; correct them with napari's label tools).",
+    "hint": "Shortcuts on the boxes layer: R rectangle mode (napari), Ctrl+Z undo / "
+    "Ctrl+Shift+Z redo the last segmentation, Shift+I interpolate between two boxes, "
+    "Shift+E prepare the volume.",
+    "override": "Automatic: the router picks the task (or plain SAM) per slice. Or force plain "
+    "SAM, or one task, for every box.",
+    "auto_route": "Compute the embedding and the routing of the slice you stop on in the "
+    "background, so the card is always up to date and the next box answers at once.",
+    "prepare": "Compute the embeddings of every slice now (Shift+E), so each box later answers "
+    "instantly. Cancel stops it; what was computed stays cached.",
+    "interpolate": "Segment every slice between two boxes of the same structure drawn on two "
+    "slices (the two selected boxes, else the last two), as one undoable step (Shift+I).",
+    "job_bar": "Background work: model loading, embeddings, segmentation.",
+    "job_cancel": "Stop preparing the volume or interpolating.",
+    "status": "Outcome and timing of the last segmentation.",
+    "card": "Which learned task segments the slice in view. The router scores the image "
+    "embedding with each task's VAE (ELBO, lower = more familiar); a score above the task's "
+    "threshold means the image is unlike its training images, and plain SAM is used instead "
+    "(SAM fallback).",
+    "learn_box": "Teach CA-SAM a new kind of image from your corrected masks.",
+    "library_box": "Tasks learned with the active backbone.",
+    "model_box": "Backbone, device and task library folder (remembered).",
+    "labels": "Labels layer with the corrected masks of the selected image. Every slice with "
+    "labels is a training image; every label value on it is one object.",
+    "task_name": "Name of the task (the kind of images and structure, e.g. “CT spleen”).",
+    "mode": "New: a task of a new name. Retrain: learn the named task again from these slices "
+    "only. Extend: learn it again from its previous images plus these slices.",
+    "epochs": "Passes over the training objects. More epochs fit better and take longer "
+    "(about 1 s per object per epoch on a laptop CPU).",
+    "learn": "Train a task from the image and its masks in the background. The viewer stays "
+    "usable.",
+    "learn_cancel": "Stop training; nothing is saved.",
+    "learn_progress": "Training stage, epoch, loss and steps.",
+    "learn_result": "Outcome of the last training.",
+    "table": "Tasks learned with the active backbone: training images, router threshold "
+    "(ELBO), IoU on held-out images of plain SAM versus the task, creation time.",
+    "rename": "Give the selected task another name.",
+    "delete": "Delete the selected task from the library (asks first).",
+    "import": "Add a task exported elsewhere (a .casamtask file).",
+    "export": "Save the selected task as a single .casamtask file to share.",
+    "backbone": "Frozen SAM model that computes image embeddings and masks. LiteMedSAM ships "
+    "with the plugin and runs on a laptop CPU; SAM ViT-B/L/H and MedSAM need their official "
+    "checkpoint file. Tasks are tied to the backbone they were learned with.",
+    "checkpoint": "Local weight file of the chosen backbone (official .pth).",
+    "checkpoint_btn": "Choose the backbone's checkpoint file.",
+    "device": "Where the model runs. auto = CUDA GPU, then Apple MPS, then CPU. GPUs appear "
+    "here once the model has been loaded.",
+    "library": "Folder of the task library (learned tasks). Share it, or export single tasks, "
+    "to use the same tasks at another site.",
+    "library_btn": "Choose another task library folder.",
+    "disk_cache": "Store every computed embedding in the per-user cache folder (about 2 MB per "
+    "slice), so a volume opened again answers at once in a later session.",
+    "model_status": "State of the model (loads in the background on first use).",
+}
+
+HINT = (
+    "Draw a rectangle around a structure on the <b>boxes</b> layer: it is segmented at once "
+    "on the slice in view. Ctrl+Z on the boxes layer undoes it."
+)
+DEVICE_TITLES = {"auto": "auto", "cpu": "CPU", "cuda": "CUDA GPU", "mps": "Apple MPS"}
+
+
+# ---- the routing card ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class RouteText:
+    headline: str
+    detail: str
+    kind: str
+    """"task", "fallback", "override" or "unknown" (chooses the colour)."""
+
+
+def describe_route(route: Any, override: str = AUTO, auto_route: bool = False) -> RouteText:
+    """Words for a ``casam.RouteDecision`` (or None: not routed yet) and the user's override.
+
+    ``override`` is "auto" (follow the router), "sam" (plain SAM) or a task name;
+    ``auto_route`` says whether the slice in view is routed on its own.
+    """
+    router = "not computed yet" if route is None else str(route)
+    if override == SAM:
+        return RouteText("Plain SAM (your choice)", f"Router: {router}", "override")
+    if override != AUTO:
+        return RouteText(f"{override} (your choice)", f"Router: {router}", "override")
+    if route is None:
+        how = (
+            "routing it now…" if auto_route else "draw a box, or turn on “Route the slice in view”"
+        )
+        return RouteText(
+            "Not routed yet",
+            f"The slice in view is routed once its embedding is computed ({how}).",
+            "unknown",
+        )
+    best = getattr(route, "best", None) or getattr(route, "task", None)
+    if getattr(route, "fallback", True) or route.task is None:
+        if best is None:
+            return RouteText("SAM fallback", "No task learned for this model yet.", "fallback")
+        return RouteText(
+            "SAM fallback",
+            f"Closest task: {best} · ELBO {fmt_g(route.score)} > threshold "
+            f"{fmt_g(route.threshold)}" + _ratio(route),
+            "fallback",
+        )
+    return RouteText(
+        route.task, f"ELBO {fmt_g(route.score)} ≤ threshold {fmt_g(route.threshold)}", "task"
+    )
+
+
+def _ratio(route: Any) -> str:
+    score, tau = _float(getattr(route, "score", None)), _float(getattr(route, "threshold", None))
+    if score is None or not tau:
+        return ""
+    return f" (rejected: score {score / tau:.1f}x its threshold)"
+
+
+def where_text(name: str, index: tuple[int, ...], n_slices: int) -> str:
+    """Where a plane is, as napari's slider shows it: "name · slice k / last" (0-based)."""
+    if not index:
+        return name
+    if len(index) == 1:
+        return f"{name} · slice {index[0]} / {n_slices - 1}"
+    return f"{name} · plane {index}"
+
+
+# ---- jobs and segmentation ------------------------------------------------------------------
+def busy_text(what: str, seconds: float) -> str:
+    return f"{what} ({seconds:.0f} s)" if seconds >= 1 else what
+
+
+def segmented_text(
+    n_new: int,
+    used: str,
+    seconds: float,
+    embed_seconds: float,
+    empty: int,
+    low: int = 0,
+    replaced: int = 0,
+) -> str:
+    """The status line after a segmentation (new masks, replaced ones, empty, doubtful)."""
+    msg = f"{plural(n_new, 'mask')} with {used} in {seconds:.2f} s"
+    if replaced:
+        msg += f"; {plural(replaced, 'mask')} replaced (the box was redrawn over it)"
+    if embed_seconds > 0.3:
+        msg += f" (embedding {embed_seconds:.1f} s)"
+    if empty:
+        msg += f"; {empty} box(es) gave no new pixels"
+    if low:
+        msg += "; " + low_confidence_text(low)
+    return msg + "."
+
+
+def low_confidence_text(n: int) -> str:
+    return "low confidence: check " + ("this mask" if n == 1 else f"these {n} masks")
+
+
+def time_left(seconds: float) -> str:
+    """ "about 40 s left", "about 3 min left"."""
+    if seconds < 90:
+        return f"about {max(seconds, 1):.0f} s left"
+    return f"about {seconds / 60:.0f} min left"
+
+
+# ---- learning -------------------------------------------------------------------------------
+STAGES = {
+    "embed": "Embedding slices",
+    "align": "Training the Alignment Layer",
+    "vae": "Training the router",
+    "evaluate": "Measuring held-out IoU",
+    "save": "Saving",
+}
+MODES = (
+    ("new", "New task"),
+    ("replace", "Retrain (replace the task)"),
+    ("extend", "Extend (add these slices)"),
+)
+
+
+def describe_progress(p: Any, epochs: int | None = None) -> tuple[str, int, int]:
+    """Progress text and (value, maximum) for one engine ``Progress`` (or a str)."""
+    if isinstance(p, str):
+        return p, 0, 0
+    stage = getattr(p, "stage", "")
+    parts = [STAGES.get(stage, str(stage))]
+    epoch = getattr(p, "epoch", None)
+    if epoch is not None and stage == "align":
+        parts.append(f"epoch {epoch} of {epochs}" if epochs else f"epoch {epoch}")
+    loss = _float(getattr(p, "loss", None))
+    if loss is not None:
+        parts.append(f"loss {loss:.3f}")
+    total = int(getattr(p, "total", 0) or 0)
+    step = min(int(getattr(p, "step", 0) or 0), total)
+    if total:
+        parts.append(f"{step}/{total}")
+    return " · ".join(parts), step, total
+
+
+def describe_result(info: Any, seconds: float) -> str:
+    """One line for the dock after a task was learned."""
+    head = (
+        f"Learned “{info.name}” from {info.n_images} images ({info.n_objects} objects) "
+        f"in {seconds:.0f} s."
+    )
+    if info.iou_task is None or info.iou_sam is None:
+        return head + " No images were held out, so no IoU was measured."
+    n = getattr(info, "n_holdout", None)
+    on = f" on {n} held-out images" if n else " on held-out images"
+    return head + f" IoU{on}: SAM {fmt(info.iou_sam)} → task {fmt(info.iou_task)}."
+
+
+# ---- the task table -------------------------------------------------------------------------
+COLUMNS = ("Task", "Images", "Threshold", "IoU SAM→task", "Created")
+EXPORT_FILTER = "CA-SAM task (*.casamtask)"
+
+
+def task_row(info: Any) -> list[str]:
+    """The table cells of one ``casam.TaskInfo``."""
+    iou = f"{fmt(info.iou_sam)} → {fmt(info.iou_task)}"
+    created = str(getattr(info, "created", ""))[:10]
+    return [info.name, str(info.n_images), fmt_g(info.threshold), iou, created]
+
+
+def iou_tip(info: Any) -> str:
+    return (
+        f"Held-out IoU on {getattr(info, 'n_holdout', '?')} images: plain SAM "
+        f"{fmt(info.iou_sam, 3)}, with the task {fmt(info.iou_task, 3)}"
+    )
+
+
+def model_status(title: str, device: str, n_tasks: int, identity: str) -> str:
+    return f"{title} on {device} · {plural(n_tasks, 'task')} · {identity}"

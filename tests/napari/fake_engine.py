@@ -1,0 +1,148 @@
+"""A fake engine for the dock model's tests: same job signatures as ``Session``, no model.
+
+A box's mask is the box itself (filled), so the expected labels are known exactly; routing
+returns whatever the test put in ``route_for``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from napari_casam._jobs import relay
+from napari_casam._session import Routed, Segmented
+
+
+@dataclass(frozen=True)
+class FakeRoute:
+    task: str | None
+    score: float
+    threshold: float | None
+    fallback: bool
+    forced: bool = False
+    best: str | None = None
+
+    def __str__(self) -> str:
+        return f"fake route to {self.task}"
+
+
+def box_mask(shape: tuple[int, int], box: np.ndarray) -> np.ndarray:
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    m = np.zeros(shape, bool)
+    m[y0 : y1 + 1, x0 : x1 + 1] = True
+    return m
+
+
+@dataclass
+class FakeSession:
+    predictor: Any = "loaded"
+    names: list[str] = field(default_factory=list)
+    route_for: dict = field(default_factory=dict)
+    """plane index -> decision returned by job_route / job_segment."""
+    calls: list[tuple] = field(default_factory=list)
+    verified: Any = None
+    learn_events: int = 5
+    scores: dict = field(default_factory=dict)
+    """box number -> SAM IoU estimate (default 0.9)."""
+    saved: list[str] = field(default_factory=list)
+
+    def task_names(self) -> list[str]:
+        return list(self.names)
+
+    def job_route(self, image, index, compute):
+        self.calls.append(("route", index))
+        yield "Computing the image embedding…"
+        decision = self.route_for.get(index)
+        if isinstance(decision, Exception):
+            raise decision
+        return Routed(index, decision)
+
+    def job_segment(self, image, index, boxes, task="auto", tags=()):
+        self.calls.append(("segment", index, len(boxes), task))
+        yield "Segmenting…"
+        masks = np.stack([box_mask(image.shape[:2], b) for b in boxes])
+        routed = self.route_for.get(index)
+        route = routed if task == "auto" else FakeRoute(None, np.nan, None, True, forced=True)
+        scores = np.array([self.scores.get(i, 0.9) for i in range(len(boxes))])
+        return Segmented(
+            index, masks, scores, route, None, 0.0, 0.01, list(tags), routed, np.asarray(boxes)
+        )
+
+    def job_prepare(self, get_plane, indices, cancel):
+        for k, ix in enumerate(indices):
+            if cancel.is_set():
+                break
+            get_plane(ix)
+            yield k + 1, len(indices)
+        return len(indices)
+
+    def job_interpolate(self, get_plane, items, task, cancel):
+        out = []
+        for k, (ix, box) in enumerate(items):
+            out.append((ix, box_mask(get_plane(ix).shape[:2], box)))
+            yield k + 1, len(items)
+        return out
+
+    def job_learn(self, images, masks, name, settings, overwrite, extend, cancel):
+        from casam.errors import Cancelled
+
+        try:
+            return (yield from relay(self._train(name, settings), cancel.is_set))
+        except Cancelled:
+            return None
+
+    def _train(self, name, settings):
+        for epoch in range(1, self.learn_events + 1):
+            yield FakeProgress("align", epoch, self.learn_events, epoch, 0.5 / epoch)
+        self.saved.append(name)
+        return FakeInfo(name)
+
+
+@dataclass
+class FakeProgress:
+    stage: str
+    step: int
+    total: int
+    epoch: int | None = None
+    loss: float | None = None
+
+
+@dataclass
+class FakeInfo:
+    name: str
+    n_images: int = 3
+    n_objects: int = 3
+    iou_sam: float | None = 0.5
+    iou_task: float | None = 0.9
+    n_holdout: int = 1
+
+
+class FakeLayers:
+    """The model's Layers protocol over plain napari layers (no viewer)."""
+
+    def __init__(self, image, masks, prompts) -> None:
+        self.layers = {"image": image, "masks": masks, "prompts": prompts}
+        self.index: tuple[int, ...] = ()
+
+    def image(self, token):
+        return self.layers["image"] if token == "img" else None
+
+    def masks(self, image):
+        return self.layers["masks"] if image is not None else None
+
+    def prompts(self, image):
+        return self.layers["prompts"] if image is not None else None
+
+    def ensure_masks(self, image):
+        return self.layers["masks"]
+
+    def current_index(self, image):
+        return self.index
+
+    def show_plane(self, image, index):
+        self.index = tuple(index)
+
+    def token(self, image):
+        return "img"
