@@ -142,8 +142,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from casam import LearnSettings, Predictor, TaskLibrary
-    from casam.backbones import get_backbone
     from casam.router import attention_pool
+    from casam.sam import get_backbone
 
     out: dict = {"machine": machine(), "backbone": "litemedsam"}
     bb = get_backbone("litemedsam")

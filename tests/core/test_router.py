@@ -4,7 +4,6 @@ import torch
 
 from casam.router import (
     VAE,
-    RouteDecision,
     VAEBank,
     attention_pool,
     fit_router,
@@ -13,6 +12,7 @@ from casam.router import (
     train_vae,
     train_vaes,
 )
+from casam.routing import RouteDecision
 
 
 def test_attention_pool_matches_formula():
