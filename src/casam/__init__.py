@@ -27,7 +27,22 @@ _LAZY = {
     "RouteDecision": "casam.routing",
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = [
+    "BACKBONES",
+    "CasamError",
+    "LearnSettings",
+    "Prediction",
+    "Predictor",
+    "RouteDecision",
+    "TaskInfo",
+    "TaskLibrary",
+    "__version__",
+    "boundary_iou",
+    "get_backbone",
+    "iou",
+    "iter_learn_task",
+    "learn_task",
+]
 
 if TYPE_CHECKING:
     from casam.backbones import BACKBONES

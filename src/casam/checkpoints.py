@@ -80,13 +80,15 @@ def download_checkpoint(
         tmp.unlink(missing_ok=True)
         reason = getattr(e, "reason", None) or e
         raise CheckpointError(
-            f"cannot download {spec.title} from {url} ({reason}); without internet, copy the file here "
+            f"cannot download {spec.title} from {url} ({reason}); without internet, copy the file "
+            "here "
             f"and pass --checkpoint PATH"
         ) from None
     if h.hexdigest() != spec.checkpoint_sha256:
         tmp.unlink(missing_ok=True)
         raise CheckpointError(
-            f"downloaded {spec.title} has SHA-256 {h.hexdigest()[:12]}..., expected {spec.checkpoint_sha256[:12]}...; "
+            f"downloaded {spec.title} has SHA-256 {h.hexdigest()[:12]}..., expected "
+            f"{spec.checkpoint_sha256[:12]}...; "
             "the file was discarded: try again or download it by hand"
         )
     os.replace(tmp, target)

@@ -96,7 +96,8 @@ def train_vae(
     latent: int,
     seed: int,
 ) -> VAE:
-    """Fit a VAE to (N, D) features for a fixed number of Adam steps (batches drawn with replacement)."""
+    """Fit a VAE to (N, D) features for a fixed number of Adam steps (batches drawn with
+    replacement)."""
     return train_vaes(
         [features],
         steps=steps,

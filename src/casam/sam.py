@@ -95,7 +95,8 @@ class Backbone:
                 )
                 first = str(e).splitlines()[0][:120]
                 raise CheckpointError(
-                    f"checkpoint {self.checkpoint if hasattr(self, 'checkpoint') else ''} does not fit backbone "
+                    f"checkpoint {self.checkpoint if hasattr(self, 'checkpoint') else ''} does "
+                    "not fit backbone "
                     f"{self.name} ({prefix.rstrip('.')}: {first}){extra}"
                 ) from None
 

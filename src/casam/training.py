@@ -91,7 +91,8 @@ def collect_samples(
             m = m[..., 0]
         if m.shape != a.shape[:2]:
             raise InputError(
-                f"{what} is {a.shape[0]}x{a.shape[1]} but its mask is {'x'.join(map(str, m.shape))}; they must match"
+                f"{what} is {a.shape[0]}x{a.shape[1]} but its mask is "
+                f"{'x'.join(map(str, m.shape))}; they must match"
             )
         objs = objects_of(m, label)
         if objs:

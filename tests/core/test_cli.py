@@ -236,7 +236,8 @@ def test_console_script_runs_in_a_fresh_process(files):
 def test_importing_casam_loads_no_gui():
     code = (
         "import sys, casam, casam.predictor, casam.training, casam.cli, casam.library\n"
-        "bad = [m for m in sys.modules if m.split('.')[0] in ('napari', 'qtpy', 'PyQt5', 'PySide2', 'PySide6', 'magicgui', 'napari_casam')]\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('napari', 'qtpy', 'PyQt5', "
+        "'PySide2', 'PySide6', 'magicgui', 'napari_casam')]\n"
         "print(bad); sys.exit(1 if bad else 0)"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

@@ -64,7 +64,9 @@ LEARNER = textwrap.dedent("""
         time.sleep(0.002)
     for name in names:
         try:
-            info = learn_task(images, masks, name, library=lib, predictor=p, settings=tiny_settings(seed=seed))
+            info = learn_task(
+                images, masks, name, library=lib, predictor=p, settings=tiny_settings(seed=seed)
+            )
             print(json.dumps({"name": name, "won": True, "n_images": info.n_images}), flush=True)
         except TaskExistsError as e:
             print(json.dumps({"name": name, "won": False, "message": str(e)}), flush=True)

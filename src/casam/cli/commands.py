@@ -84,7 +84,8 @@ def cmd_learn(args: argparse.Namespace) -> int:
         )
     if len(pairs) < settings.min_images and not args.extend:
         raise InputError(
-            f"only {len(pairs)} annotated slice(s); a task needs at least {settings.min_images} for its "
+            f"only {len(pairs)} annotated slice(s); a task needs at least {settings.min_images} "
+            "for its "
             f"{settings.folds}-fold threshold calibration: annotate more slices"
         )
     p = _predictor(args)
@@ -139,7 +140,7 @@ def _image_slices(paths: Sequence[str]) -> list[tuple[str, np.ndarray]]:
     out = []
     for path in expand_paths(paths, "IMAGE"):
         slices = read_slices(path)
-        out.extend(zip(slice_names(path, len(slices)), slices))
+        out.extend(zip(slice_names(path, len(slices)), slices, strict=True))
     return out
 
 
@@ -166,12 +167,14 @@ def cmd_segment(args: argparse.Namespace) -> int:
     slices = read_slices(path[0])
     if args.slice is None and len(slices) > 1:
         raise InputError(
-            f"{path[0]} holds {len(slices)} slices; choose one with --slice K (0..{len(slices) - 1})"
+            f"{path[0]} holds {len(slices)} slices; choose one with --slice K "
+            f"(0..{len(slices) - 1})"
         )
     k = args.slice or 0
     if not 0 <= k < len(slices):
         raise InputError(
-            f"--slice {k} is out of range: {path[0]} has {len(slices)} slices (0..{len(slices) - 1})"
+            f"--slice {k} is out of range: {path[0]} has {len(slices)} slices "
+            f"(0..{len(slices) - 1})"
         )
     p = _predictor(args)
     p.set_image(slices[k])
@@ -180,7 +183,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     out = write_mask(args.out, mask)
     used = pred.task or "SAM"
     print(
-        f"{out}: {int(mask.sum())} pixels, task {used} ({pred.route}), SAM score {float(pred.scores.max()):.3f}"
+        f"{out}: {int(mask.sum())} pixels, task {used} ({pred.route}), SAM score "
+        f"{float(pred.scores.max()):.3f}"
     )
     return 0
 
@@ -234,12 +238,14 @@ def cmd_tasks(args: argparse.Namespace) -> int:
         print(f"no tasks in {lib.root}")
     else:
         print(
-            f"{'task':24} {'images':>6} {'threshold':>9} {'IoU SAM':>8} {'IoU task':>8}  created               backbone"
+            f"{'task':24} {'images':>6} {'threshold':>9} {'IoU SAM':>8} {'IoU task':>8}  created  "
+            "             backbone"
         )
         for t in tasks:
             note = "" if t.active else "  (other backbone: not used for routing)"
             print(
-                f"{t.name[:24]:24} {t.n_images:6d} {t.threshold:9.4g} {_fmt(t.iou_sam):>8} {_fmt(t.iou_task):>8}  "
+                f"{t.name[:24]:24} {t.n_images:6d} {t.threshold:9.4g} {_fmt(t.iou_sam):>8} "
+                f"{_fmt(t.iou_task):>8}  "
                 f"{t.created[:19]}   {t.backbone}{note}"
             )
     for msg in lib.problems():

@@ -87,8 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--threshold-margin",
         type=float,
-        help="routing threshold = this x the 97th percentile of the 5-fold scores; higher accepts more "
-        "of a new patient's slices, lower sends more to plain SAM (default 1.5, paper 1)",
+        help="routing threshold = this x the 97th percentile of the 5-fold scores; higher "
+        "accepts more of a new patient's slices, lower sends more to plain SAM "
+        "(default 1.5, paper 1)",
     )
     sp.add_argument("--seed", type=int)
     sp.add_argument("--overwrite", action="store_true", help="replace a task of the same name")

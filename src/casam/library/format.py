@@ -115,7 +115,8 @@ class TaskInfo:
             problems.append("files")
         if problems:
             raise LibraryError(
-                f"{where} has malformed {', '.join(problems)}; task skipped (remove it and learn it again)"
+                f"{where} has malformed {', '.join(problems)}; task skipped (remove it and learn "
+                "it again)"
             )
         return cls(**fields_, path=path)
 

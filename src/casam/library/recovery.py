@@ -1,24 +1,69 @@
-"""Crash recovery: what a library looks like after a process died while changing it, and the fix.
+"""Format migration and crash recovery of a library folder.
 
-Run under the library's lock (by every change, and by a new ``TaskLibrary`` when the lock is
-free): writes of dead processes (``.tmp-*``, a half-written marker) are removed; an overwrite
-interrupted between its two renames left the old task in ``.trash-*`` and no task of that name,
-so the old version is put back if it is whole.
+:func:`check_format` reads the folder's marker and brings an older format up to date.
+:func:`cleanup_stale` is crash recovery, run under the library's lock (by every change, and by
+a new ``TaskLibrary`` when the lock is free): writes of dead processes (``.tmp-*``, a
+half-written marker) are removed; an overwrite interrupted between its two renames left the
+old task in ``.trash-*`` and no task of that name, so the old version is put back if it is whole.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 
+from casam.config import LIBRARY_FORMAT_VERSION
+from casam.errors import LibraryError
 from casam.library import fs
-from casam.library.format import MARKER
+from casam.library.format import MARKER, is_int
+from casam.library.names import shown
+
+
+def check_format(root: Path, create: bool) -> None:
+    """Refuse a library of a newer format; migrate an older one (format 0 has no marker)."""
+    marker = root / MARKER
+    if marker.is_file():
+        try:
+            version = json.loads(marker.read_text("utf-8"))["format_version"]
+            if not is_int(version):
+                raise TypeError
+        except (OSError, ValueError, KeyError, TypeError):
+            raise LibraryError(
+                f"{shown(marker)} is unreadable; restore it or remove it to re-create it"
+            ) from None
+        if version > LIBRARY_FORMAT_VERSION:
+            raise LibraryError(
+                f"library {shown(root)} has format version {version}, newer than this "
+                f"napari-casam understands ({LIBRARY_FORMAT_VERSION}); upgrade napari-casam "
+                "to use it"
+            )
+        if version < LIBRARY_FORMAT_VERSION:
+            migrate(root, version)
+    elif create:
+        # Format 0: a folder of task folders without a marker (e.g. copied by hand).
+        migrate(root, 0)
+
+
+def migrate(root: Path, version: int) -> None:
+    """Bring a library of format ``version`` to the current one (so far: write the marker)."""
+    with fs.locked(root):
+        data = json.dumps(
+            {"format": "casam-task-library", "format_version": LIBRARY_FORMAT_VERSION}, indent=1
+        )
+        tmp = root / f".{MARKER}.{os.getpid()}.tmp"
+        try:
+            fs.write_file(tmp, data.encode())
+            os.replace(tmp, root / MARKER)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise LibraryError(f"cannot write {shown(root / MARKER)} ({e.strerror})") from None
 
 
 def cleanup_stale(root: Path, whole_task: Callable[[Path, str], bool]) -> None:
-    """Tidy ``root``; ``whole_task(folder, name)`` says whether a trash folder holds a whole task."""
+    """Tidy ``root``; ``whole_task(folder, name)`` says if a trash folder holds a whole task."""
     try:
         entries = list(root.iterdir())
     except OSError:

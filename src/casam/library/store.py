@@ -43,7 +43,6 @@ from casam.config import LIBRARY_FORMAT_VERSION, default_library_dir
 from casam.errors import InputError, LibraryError, TaskExistsError
 from casam.library import fs
 from casam.library.format import (
-    MARKER,
     MAX_META_BYTES,
     MAX_WEIGHT_BYTES,
     META,
@@ -51,11 +50,11 @@ from casam.library.format import (
     WEIGHT_FILES,
     LoadedTask,
     TaskInfo,
-    is_int,
     parse_meta,
     parse_task,
 )
 from casam.library.names import shown, validate_name
+from casam.library.recovery import check_format, cleanup_stale
 
 
 class TaskLibrary:
@@ -80,49 +79,10 @@ class TaskLibrary:
             raise LibraryError(
                 f"library folder {shown(self.root)} does not exist; learn a task into it first"
             )
-        self._check_format(create)
+        check_format(self.root, create)
         self._tidy()
 
     # ---- format and locking ----------------------------------------------------------------
-    def _check_format(self, create: bool) -> None:
-        marker = self.root / MARKER
-        if marker.is_file():
-            try:
-                version = json.loads(marker.read_text("utf-8"))["format_version"]
-                if not is_int(version):
-                    raise TypeError
-            except (OSError, ValueError, KeyError, TypeError):
-                raise LibraryError(
-                    f"{shown(marker)} is unreadable; restore it or remove it to re-create it"
-                ) from None
-            if version > LIBRARY_FORMAT_VERSION:
-                raise LibraryError(
-                    f"library {shown(self.root)} has format version {version}, newer than this "
-                    f"napari-casam understands ({LIBRARY_FORMAT_VERSION}); upgrade napari-casam "
-                    "to use it"
-                )
-            if version < LIBRARY_FORMAT_VERSION:
-                self._migrate(version)
-        elif create:
-            # Format 0: a folder of task folders without a marker (e.g. copied by hand).
-            self._migrate(0)
-
-    def _migrate(self, version: int) -> None:
-        """Bring a library of an older format to the current one (so far: write the marker)."""
-        with self._locked():
-            data = json.dumps(
-                {"format": "casam-task-library", "format_version": LIBRARY_FORMAT_VERSION}, indent=1
-            )
-            tmp = self.root / f".{MARKER}.{os.getpid()}.tmp"
-            try:
-                fs.write_file(tmp, data.encode())
-                os.replace(tmp, self.root / MARKER)
-            except OSError as e:
-                tmp.unlink(missing_ok=True)
-                raise LibraryError(
-                    f"cannot write {shown(self.root / MARKER)} ({e.strerror})"
-                ) from None
-
     @contextmanager
     def _locked(self, timeout: float = fs.LOCK_TIMEOUT_S) -> Iterator[None]:
         with fs.locked(self.root, timeout):
@@ -255,9 +215,7 @@ class TaskLibrary:
 
     # ---- writing ---------------------------------------------------------------------------
     def _cleanup_stale(self) -> None:
-        """Under the lock: remove writes of dead processes; finish or undo interrupted overwrites."""
-        from casam.library.recovery import cleanup_stale
-
+        """Under the lock: remove writes of dead processes; undo interrupted overwrites."""
         cleanup_stale(self.root, self._whole_task)
 
     def _whole_task(self, folder: Path, name: str) -> bool:
@@ -293,7 +251,7 @@ class TaskLibrary:
 
     @staticmethod
     def _stage(tmp: Path, weights: dict[str, bytes], final: TaskInfo) -> None:
-        """Make the temporary folder ``tmp`` hold the weight files and ``final`` as ``task.json``."""
+        """Fill the temporary folder ``tmp``: the weight files, and ``final`` as ``task.json``."""
         tmp.mkdir()
         for fname, blob in weights.items():
             fs.write_file(tmp / fname, blob)
