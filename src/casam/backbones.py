@@ -126,7 +126,9 @@ def spec_of(name: str) -> BackboneSpec:
     """The registry entry of ``name``, or InputError listing the known names."""
     spec = BACKBONES.get(name)
     if spec is None:
-        raise InputError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}")
+        raise InputError(
+            f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}", subject="backbone"
+        )
     return spec
 
 
@@ -159,15 +161,19 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device("cpu")
     if d.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(
-            "device 'cuda' was asked for but no CUDA GPU is available; use --device cpu"
+            "device 'cuda' was asked for but no CUDA GPU is available; use the CPU",
+            subject="device",
         )
     if d == "mps" and not (
         getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
     ):
         raise InputError(
-            "device 'mps' was asked for but Apple MPS is not available; use --device cpu"
+            "device 'mps' was asked for but Apple MPS is not available; use the CPU",
+            subject="device",
         )
     try:
         return torch.device(d)
     except RuntimeError:
-        raise InputError(f"unknown device {device!r}; use auto, cpu, cuda or mps") from None
+        raise InputError(
+            f"unknown device {device!r}; use auto, cpu, cuda or mps", subject="device"
+        ) from None

@@ -62,7 +62,9 @@ def download_checkpoint(
     url = url or spec.download_url
     if not url or not spec.checkpoint_sha256:
         raise CheckpointError(
-            f"{spec.title} has no official download; get its .pth file and pass --checkpoint PATH"
+            f"{spec.title} has no official download; get its .pth file and give its path as the "
+            "checkpoint",
+            subject="checkpoint",
         )
     folder = Path(dest).expanduser() if dest else user_data_dir() / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
@@ -82,7 +84,8 @@ def download_checkpoint(
         raise CheckpointError(
             f"cannot download {spec.title} from {url} ({reason}); without internet, copy the file "
             "here "
-            f"and pass --checkpoint PATH"
+            "and give its path as the checkpoint",
+            subject="checkpoint",
         ) from None
     if h.hexdigest() != spec.checkpoint_sha256:
         tmp.unlink(missing_ok=True)

@@ -80,8 +80,10 @@ class LearnSettings:
         ]
         for name, ok, what in rules:
             if not ok:
+                field_ = name.replace("-", "_")
                 raise InputError(
-                    f"--{name} must be {what}; got {getattr(self, name.replace('-', '_'))}"
+                    f"setting {field_} must be {what}; got {getattr(self, field_)}",
+                    subject=field_,
                 )
 
     @classmethod

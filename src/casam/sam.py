@@ -47,8 +47,9 @@ class Backbone:
         if checkpoint is None:
             if spec.needs_checkpoint:
                 raise CheckpointError(
-                    f"backbone {spec.name} needs a checkpoint file: pass --checkpoint PATH "
-                    f"(offline copy of {spec.download_url or 'the MedSAM ViT-B weights'})"
+                    f"backbone {spec.name} needs a checkpoint file: give the path of its .pth "
+                    f"weights (offline copy of {spec.download_url or 'the MedSAM ViT-B weights'})",
+                    subject="checkpoint",
                 )
             checkpoint = bundled_litemedsam_path()
         path = Path(checkpoint).expanduser()
@@ -89,7 +90,7 @@ class Backbone:
             except RuntimeError as e:
                 hint = guess_backbone(state)
                 extra = (
-                    f"; it looks like a {hint} checkpoint: use --backbone {hint}"
+                    f"; it looks like a {hint} checkpoint: choose backbone {hint}"
                     if hint and hint != self.name
                     else ""
                 )
@@ -97,7 +98,8 @@ class Backbone:
                 raise CheckpointError(
                     f"checkpoint {self.checkpoint if hasattr(self, 'checkpoint') else ''} does "
                     "not fit backbone "
-                    f"{self.name} ({prefix.rstrip('.')}: {first}){extra}"
+                    f"{self.name} ({prefix.rstrip('.')}: {first}){extra}",
+                    subject="backbone" if extra else "checkpoint",
                 ) from None
 
     # ---- preprocessing -------------------------------------------------------------------

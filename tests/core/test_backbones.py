@@ -12,7 +12,7 @@ from casam.sam import Backbone, get_backbone
 
 
 def test_download_offline_fails_clearly_and_leaves_nothing(tmp_path):
-    with pytest.raises(CheckpointError, match="--checkpoint PATH") as e:
+    with pytest.raises(CheckpointError, match="give its path as the checkpoint") as e:
         download_checkpoint(
             "sam_vit_b", tmp_path, url="http://127.0.0.1:9/sam_vit_b_01ec64.pth", timeout=5
         )

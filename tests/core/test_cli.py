@@ -133,6 +133,7 @@ def test_usage_errors(capsys, files):
             ],
             ["--threshold-margin", "(0, 10]"],
         ),
+        (["route", "{d}/img.npy", "--device", "tpu9"], ["unknown device", "option --device"]),
     ],
 )
 def test_input_errors_without_the_model(capsys, files, argv, needles):
@@ -252,3 +253,18 @@ def test_importing_casam_is_lazy():
         timeout=300,
     )
     assert r.stdout.strip() == "False"
+
+
+def test_engine_errors_get_the_cli_option_that_fixes_them():
+    from casam.cli import error_line
+    from casam.errors import CheckpointError, TaskExistsError
+
+    taken = TaskExistsError("task 'X' already exists in /lib; choose another name")
+    line = error_line(taken, "learn")
+    assert line.startswith("casam: error: task 'X' already exists")
+    assert "--overwrite" in line and "--extend" in line
+    assert "--name" in error_line(taken, "import") and "--extend" not in error_line(taken, "import")
+    assert error_line(CheckpointError("needs a checkpoint", subject="checkpoint")).endswith(
+        "(option --checkpoint PATH)"
+    )
+    assert error_line(CheckpointError("unreadable")) == "casam: error: unreadable"

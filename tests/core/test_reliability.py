@@ -350,7 +350,8 @@ def test_threshold_margin_scales_the_calibrated_threshold(tmp_path):
     for bad in (0, -1, 11):
         with pytest.raises(InputError) as e:
             tiny_settings(threshold_margin=bad)
-        assert "--threshold-margin" in one_line(e.value)
+        assert "threshold_margin" in one_line(e.value)
+        assert e.value.subject == "threshold_margin"  # the CLI names --threshold-margin
 
 
 def test_reload_reads_each_task_once(tmp_path, monkeypatch):

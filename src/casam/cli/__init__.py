@@ -12,9 +12,35 @@ import warnings
 from collections.abc import Sequence
 
 from casam.cli.parser import EXIT_USAGE, build_parser
-from casam.errors import CasamError
+from casam.errors import CasamError, TaskExistsError
 
-__all__ = ["EXIT_USAGE", "build_parser", "main"]
+#: The option of each error subject (``CasamError.subject``) the CLI has.
+FLAGS = {
+    "checkpoint": "--checkpoint PATH",
+    "device": "--device",
+    "backbone": "--backbone",
+    **{
+        k: "--" + k.replace("_", "-")
+        for k in ("blocks", "epochs", "lr", "batch_size", "vae_steps", "holdout", "seed")
+    },
+    "threshold_margin": "--threshold-margin",
+}
+
+
+def error_line(e: CasamError, command: str | None = None) -> str:
+    """The one line ``casam`` prints for an engine error, with the option it maps to."""
+    msg = str(e)
+    if isinstance(e, TaskExistsError) and command == "learn":
+        msg += " (--overwrite replaces it, --extend trains it further)"
+    elif isinstance(e, TaskExistsError) and command == "import":
+        msg += " (--overwrite replaces it, --name imports it under another name)"
+    flag = FLAGS.get(e.subject or "")
+    if flag is not None:
+        msg += f" (option {flag})"
+    return f"casam: error: {msg}"
+
+
+__all__ = ["EXIT_USAGE", "build_parser", "error_line", "main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -30,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             code = args.func(args)
         except CasamError as e:
-            print(f"casam: error: {e}", file=sys.stderr)
+            print(error_line(e, args.command), file=sys.stderr)
             code = EXIT_USAGE
         except KeyboardInterrupt:
             print("casam: interrupted; nothing was saved", file=sys.stderr)
