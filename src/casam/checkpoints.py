@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from casam.backbones import spec_of
+from casam.backbones import BackboneSpec, spec_of
 from casam.errors import CheckpointError
 
 
@@ -131,3 +131,40 @@ def guess_backbone(state: dict[str, torch.Tensor]) -> str | None:
     if w is None:
         return None
     return {768: "sam_vit_b", 1024: "sam_vit_l", 1280: "sam_vit_h"}.get(int(w.shape[0]))
+
+
+def checkpoint_of(spec: BackboneSpec, checkpoint: str | Path | None) -> tuple[Path, str]:
+    """The weight file a backbone uses (the bundled one when None and allowed) and its SHA-256.
+
+    Cheap after the first time (the digest is remembered): no model is built.
+    """
+    if checkpoint is None:
+        if spec.needs_checkpoint:
+            raise CheckpointError(
+                f"backbone {spec.name} needs a checkpoint file: give the path of its .pth "
+                f"weights (offline copy of {spec.download_url or 'the MedSAM ViT-B weights'})",
+                subject="checkpoint",
+            )
+        checkpoint = bundled_litemedsam_path()
+    path = Path(checkpoint).expanduser()
+    if not path.is_file():
+        raise CheckpointError(
+            f"checkpoint {path} does not exist; give the path of a .pth file", subject="checkpoint"
+        )
+    try:
+        return path, cached_sha256(path)
+    except OSError as e:
+        raise CheckpointError(
+            f"cannot read checkpoint {path} ({e.strerror}); check its permissions",
+            subject="checkpoint",
+        ) from None
+
+
+def identity(name: str, digest: str) -> str:
+    """A backbone's identity, ``name:digest12``: the key tasks and embeddings are tied to."""
+    return f"{name}:{digest[:12]}"
+
+
+def backbone_identity(name: str, checkpoint: str | Path | None = None) -> str:
+    """The identity the named backbone would have with ``checkpoint``, without building it."""
+    return identity(name, checkpoint_of(spec_of(name), checkpoint)[1])

@@ -22,7 +22,7 @@ from casam.backbones import (
     resolve_device,
     spec_of,
 )
-from casam.checkpoints import bundled_litemedsam_path, cached_sha256, guess_backbone, load_state
+from casam.checkpoints import checkpoint_of, guess_backbone, identity, load_state
 from casam.errors import CheckpointError
 from casam.preprocess import Geometry, to_unit_rgb
 
@@ -44,25 +44,9 @@ class Backbone:
         self.name = spec.name
         self.input_size = spec.input_size
         self.device = resolve_device(device)
-        if checkpoint is None:
-            if spec.needs_checkpoint:
-                raise CheckpointError(
-                    f"backbone {spec.name} needs a checkpoint file: give the path of its .pth "
-                    f"weights (offline copy of {spec.download_url or 'the MedSAM ViT-B weights'})",
-                    subject="checkpoint",
-                )
-            checkpoint = bundled_litemedsam_path()
-        path = Path(checkpoint).expanduser()
-        if not path.is_file():
-            raise CheckpointError(f"checkpoint {path} does not exist; give the path of a .pth file")
+        path, self.digest = checkpoint_of(spec, checkpoint)
         self.checkpoint = path
-        try:
-            self.digest = cached_sha256(path)
-        except OSError as e:
-            raise CheckpointError(
-                f"cannot read checkpoint {path} ({e.strerror}); check its permissions"
-            ) from None
-        self.identity = f"{spec.name}:{self.digest[:12]}"
+        self.identity = identity(spec.name, self.digest)
         encoder, prompt_encoder, mask_decoder = spec.build()
         state = load_state(path)
         self._load_parts(state, encoder, prompt_encoder, mask_decoder)

@@ -268,3 +268,23 @@ def test_engine_errors_get_the_cli_option_that_fixes_them():
         "(option --checkpoint PATH)"
     )
     assert error_line(CheckpointError("unreadable")) == "casam: error: unreadable"
+
+
+def test_tasks_lists_from_metadata_without_building_a_model(capsys, tmp_path, monkeypatch):
+    from casam_testing import save_task
+
+    import casam.sam
+    from casam.library import TaskLibrary
+
+    def no_model(*a, **k):
+        raise AssertionError("casam tasks built a model")
+
+    monkeypatch.setattr(casam.sam.Backbone, "__init__", no_model)
+    lib = TaskLibrary(tmp_path / "lib")
+    save_task(lib, "A")
+    (lib.root / "A" / "stray.pkl").write_bytes(b"x")
+    save_task(lib, "B")
+    code, out, err = run(capsys, "tasks", "--library", lib.root)
+    assert code == 0 and "B" in out and err == ""
+    code, out, err = run(capsys, "tasks", "--library", lib.root, "--verify")
+    assert code == 0 and "stray.pkl" in err

@@ -228,9 +228,9 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     lib = _library(args, create=False)
     identity = None
     if args.backbone != "all":
-        from casam.sam import get_backbone
+        from casam.checkpoints import backbone_identity
 
-        identity = get_backbone(args.backbone, args.checkpoint, "cpu").identity
+        identity = backbone_identity(args.backbone, args.checkpoint)
     tasks = lib.tasks(identity)
     if args.json:
         print(json.dumps([{**t.to_json(), "active": t.active} for t in tasks]))
@@ -248,8 +248,9 @@ def cmd_tasks(args: argparse.Namespace) -> int:
                 f"{_fmt(t.iou_task):>8}  "
                 f"{t.created[:19]}   {t.backbone}{note}"
             )
-    for msg in lib.problems():
-        print(f"casam: warning: {msg}", file=sys.stderr)
+    if args.verify:
+        for msg in lib.problems():
+            print(f"casam: warning: {msg}", file=sys.stderr)
     return 0
 
 

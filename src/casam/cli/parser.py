@@ -139,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--checkpoint", type=Path, default=None)
     sp.add_argument("--json", action="store_true")
+    sp.add_argument(
+        "--verify",
+        action="store_true",
+        help="also read every task's weights and warn about each task that cannot be used "
+        "(the listing itself reads only metadata and builds no model)",
+    )
     sp.set_defaults(func=c.cmd_tasks)
 
     sp = sub.add_parser("remove", help="delete a task")
