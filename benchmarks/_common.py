@@ -167,30 +167,26 @@ class Samples:
 def train_layer(backbone, samples: Samples, settings, layer=None, seed: int | None = None):
     """Train (or continue training) an Alignment Layer on ``samples`` with ``settings``' schedule
     (``casam.training.train_alignment``: the loop of ``learn_task``)."""
+    from casam.progress import drive
     from casam.training import train_alignment
 
     seed = settings.seed if seed is None else seed
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    it = train_alignment(
-        backbone, samples.z, samples.boxes, samples.targets, settings, layer=layer, gen=gen
+    return drive(
+        train_alignment(
+            backbone, samples.z, samples.boxes, samples.targets, settings, layer=layer, gen=gen
+        )
     )
-    while True:
-        try:
-            next(it)
-        except StopIteration as stop:
-            return stop.value
 
 
 def load_layer(path, blocks: int):
     """An Alignment Layer written by ``quality.save_layer`` (safetensors, never unpickled)."""
     from safetensors.torch import load_file
 
-    from casam.alignment import AlignmentLayer
+    from casam.task_tensors import layer_from_state
 
-    layer = AlignmentLayer(blocks)
-    layer.load_state_dict(load_file(str(path)))
-    return layer.eval().requires_grad_(False)
+    return layer_from_state(load_file(str(path)))
 
 
 @torch.no_grad()

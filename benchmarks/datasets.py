@@ -639,8 +639,9 @@ def ood_images(
 
 
 def load_ood(cache: str | os.PathLike | None = None) -> list[tuple[str, np.ndarray]]:
-    """(kind, image2d) pairs: X-ray, ultrasound, fundus, photos, astronomy, histology (uint8; RGB images
-    are (H, W, 3)). Nuclei are left out: they are one of the tasks of ``load_tasks()``."""
+    """(kind, image2d) pairs: X-ray, ultrasound, fundus, photos, astronomy, histology (uint8;
+    RGB images are (H, W, 3)). Nuclei are left out:
+    they are one of the tasks of ``load_tasks()``."""
     kinds = [k for k in OOD_KINDS if k != "nuclei"]
     return [(o.kind, o.image) for o in ood_images(cache, kinds)]
 
@@ -666,7 +667,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--cache", default=None, help=f"cache folder (default {DEFAULT_CACHE})")
     args = ap.parse_args(argv)
     tasks = load_tasks(args.cache)
-    head = f"{'task':<20} {'modality':<24} {'train':>5} {'test':>5}  {'dtype':<7} {'fg px (min-max)':<16} shapes"
+    head = (
+        f"{'task':<20} {'modality':<24} {'train':>5} {'test':>5}  {'dtype':<7} "
+        f"{'fg px (min-max)':<16} shapes"
+    )
     print(head)
     print("-" * len(head))
     for t in tasks:

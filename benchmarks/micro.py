@@ -35,7 +35,7 @@ def interleaved(fns: dict, reps: int) -> dict:
 
 def main() -> int:
     from casam.alignment import AlignmentLayer
-    from casam.backbones import get_backbone
+    from casam.sam import get_backbone
     from casam.training import dice_bce
 
     bb = get_backbone()

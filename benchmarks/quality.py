@@ -308,7 +308,7 @@ def main(argv=None) -> int:
     for n in names:
         scores[(n, "oracle")] = [score_with(n, k, n) for k in range(len(test[n]))]
 
-    # ---- routing with the full library ------------------------------------------------------------
+    # ---- routing with the full library -----------------------------------------------------------
     routed_all = {n: [p.route_embedding(p.embed(img)).task for img, _ in test[n]] for n in names}
     run["routing"] = {
         n: {
@@ -333,7 +333,7 @@ def main(argv=None) -> int:
     ]
     run["ood_accuracy"] = float(np.mean([r.task is None for _, r in ood_routes]))
 
-    # ---- router strictness: the threshold percentile swept after the fact -------------------------
+    # ---- router strictness: the threshold percentile swept after the fact ------------------------
     # The per-image 5-fold scores are recomputed with casam's own fit_router on the same training
     # features and seeds (the 97th-percentile value reproduces the stored threshold), then each
     # rule re-thresholds the same final VAEs: nothing is retrained.
@@ -388,7 +388,7 @@ def main(argv=None) -> int:
             }
         )
 
-    # ---- joint training (order-independent) --------------------------------------------------------
+    # ---- joint training (order-independent) ------------------------------------------------------
     samples = {n: Samples.from_pairs(p, train[n]) for n in names}
     joint, joint_s = saved_layer(
         work / "joint.safetensors",
@@ -401,7 +401,7 @@ def main(argv=None) -> int:
     for n in names:
         scores[(n, "joint")] = layer_scores(p, joint, test[n])
 
-    # ---- orders ------------------------------------------------------------------------------------
+    # ---- orders ----------------------------------------------------------------------------------
     orders = [order_list(o.strip(), names) for o in args.orders.split(",") if o.strip()]
 
     def mean_pair(v):
@@ -595,19 +595,25 @@ def render(run: dict) -> str:
     )
     L.append(f"- Date: {m['date']}; backbone: `{run['backbone']}` (LiteMedSAM, frozen).")
     L.append(
-        f"- Schedule ({run['schedule']}): {s['blocks']} block(s), {s['epochs']} epochs, batch {s['batch_size']}, "
-        f"lr {s['lr']:g}, bf16 {s['bf16']}, box jitter {s['box_jitter']}, VAE {s['vae_steps']} steps, "
-        f"beta {s['beta']}, threshold {s.get('threshold_margin', 1.0):g} x the {s['percentile']:g}th percentile "
+        f"- Schedule ({run['schedule']}): {s['blocks']} block(s), {s['epochs']} epochs, batch "
+        f"{s['batch_size']}, "
+        f"lr {s['lr']:g}, bf16 {s['bf16']}, box jitter {s['box_jitter']}, VAE {s['vae_steps']} "
+        "steps, "
+        f"beta {s['beta']}, threshold {s.get('threshold_margin', 1.0):g} x the "
+        f"{s['percentile']:g}th percentile "
         f"of the {s['folds']}-fold held-out scores. "
         "The same schedule for every layer (CA-SAM, naive, joint)."
     )
     L.append(
-        f"- At most {run['max_train']} training slices per task (evenly spread over the task's training "
-        "split) to fit a 2-core CPU; the whole test split is used. Prompts: the ground-truth mask's "
+        f"- At most {run['max_train']} training slices per task (evenly spread over the task's "
+        "training "
+        "split) to fit a 2-core CPU; the whole test split is used. Prompts: the ground-truth "
+        "mask's "
         "bounding box (one per image). One seed."
     )
     L.append(
-        f"- Wall time: {run['seconds'].get('total')} s in total; peak RSS {run['peak_rss_mb']} MB.\n"
+        f"- Wall time: {run['seconds'].get('total')} s in total; peak RSS {run['peak_rss_mb']} "
+        "MB.\n"
     )
     for note in run.get("notes", []):
         L.append(f"> {note}\n")
@@ -616,11 +622,14 @@ def render(run: dict) -> str:
     L.append("|---|---|---|---|---|---|---|")
     for i, t in enumerate(run["tasks"]):
         L.append(
-            f"| {i} | {t['name']} | {t['modality']} | {t['train_used']} / {t['train_available']} | {t['test']} | {t['split']} | {t['source']} |"
+            f"| {i} | {t['name']} | {t['modality']} | {t['train_used']} / {t['train_available']} "
+            f"| {t['test']} | {t['split']} | {t['source']} |"
         )
     L.append(
-        "\nCT spleen and MR spleen (also in `datasets.load_tasks()`) are left out: their slices are the "
-        "same images as CT liver and MR liver with another label, and CA-SAM's router sees only the "
+        "\nCT spleen and MR spleen (also in `datasets.load_tasks()`) are left out: their slices "
+        "are the "
+        "same images as CT liver and MR liver with another label, and CA-SAM's router sees only "
+        "the "
         "image, so two tasks on the same images cannot be told apart by design.\n"
     )
     L.append(
@@ -654,7 +663,8 @@ def render(run: dict) -> str:
         f"routed to their own task ({run['known_fallback_share'] * 100:.1f}% fell back to SAM).  "
     )
     L.append(
-        f"OOD accuracy: **{run['ood_accuracy'] * 100:.1f}%** of {len(run['ood'])} images of unseen kinds "
+        f"OOD accuracy: **{run['ood_accuracy'] * 100:.1f}%** of {len(run['ood'])} images of "
+        "unseen kinds "
         "routed to plain SAM.\n"
     )
     L.append("| task | test images | own task | SAM fallback | other tasks | threshold |")
@@ -662,22 +672,29 @@ def render(run: dict) -> str:
     for n, r in run["routing"].items():
         other = ", ".join(f"{k}: {v}" for k, v in r["other"].items()) or "–"
         L.append(
-            f"| {n} | {r['n']} | {r['correct']} | {r['fallback']} | {other} | {run['thresholds'][n]:.3g} |"
+            f"| {n} | {r['n']} | {r['correct']} | {r['fallback']} | {other} | "
+            f"{run['thresholds'][n]:.3g} |"
         )
     L.append("\n| OOD image kind | routed to | best task (score / its threshold) |")
     L.append("|---|---|---|")
     for r in run["ood"]:
         L.append(
-            f"| {r['kind']} | {r['task'] or 'SAM'} | {r['best']} ({r['score']:.3g} / {r['threshold']:.3g}) |"
+            f"| {r['kind']} | {r['task'] or 'SAM'} | {r['best']} ({r['score']:.3g} / "
+            f"{r['threshold']:.3g}) |"
         )
     if run.get("strictness"):
         L.append("\n## Router strictness\n")
         L.append(
-            f"A task accepts an image when its score is at most a threshold made from its {s['folds']}-fold "
-            f"held-out scores. The paper's rule is their {s['percentile']:g}th percentile; the shipped rule "
-            f"(the tables above) is {s.get('threshold_margin', 1.0):g} x that percentile. Below, the same "
-            "final VAEs re-thresholded by other rules, all tasks learned, on every known test image "
-            "(IoU and BIoU: mean over all test images, with the routed task's layer or plain SAM) and the "
+            "A task accepts an image when its score is at most a threshold made from its "
+            f"{s['folds']}-fold "
+            f"held-out scores. The paper's rule is their {s['percentile']:g}th percentile; the "
+            "shipped rule "
+            f"(the tables above) is {s.get('threshold_margin', 1.0):g} x that percentile. Below, "
+            "the same "
+            "final VAEs re-thresholded by other rules, all tasks learned, on every known test "
+            "image "
+            "(IoU and BIoU: mean over all test images, with the routed task's layer or plain SAM) "
+            "and the "
             "OOD images. Per-task thresholds reproduced from the recomputed fold scores: "
             f"{sum(run['threshold_reproduced'].values())} of {len(run['threshold_reproduced'])}.\n"
         )
@@ -687,13 +704,17 @@ def render(run: dict) -> str:
         L.append("|---|---|---|---|---|---|---|")
         for r in run["strictness"]:
             L.append(
-                f"| {r['rule']} | {r['routing_accuracy'] * 100:.1f}% | {r['fallback'] * 100:.1f}% | "
-                f"{r['wrong_task'] * 100:.1f}% | {r['ood_accuracy'] * 100:.1f}% | {r['iou']:.2f} | {r['biou']:.2f} |"
+                f"| {r['rule']} | {r['routing_accuracy'] * 100:.1f}% | {r['fallback'] * 100:.1f}% "
+                "| "
+                f"{r['wrong_task'] * 100:.1f}% | {r['ood_accuracy'] * 100:.1f}% | {r['iou']:.2f} "
+                f"| {r['biou']:.2f} |"
             )
     L.append("\n## The paper's numbers beside ours\n")
     L.append(
-        "Paper: SAM ViT-B, 9 medical datasets, GPU, its full schedule; ours: LiteMedSAM, the real tasks above, "
-        "CPU. The settings differ, so compare the gaps between methods rather than the absolute values.\n"
+        "Paper: SAM ViT-B, 9 medical datasets, GPU, its full schedule; ours: LiteMedSAM, the real "
+        "tasks above, "
+        "CPU. The settings differ, so compare the gaps between methods rather than the absolute "
+        "values.\n"
     )
     L.append(
         "| method | paper Last-IoU | paper Avg-IoU | paper FF-IoU | paper Last-BIoU | "

@@ -16,8 +16,9 @@ Keys (all medians unless said otherwise; times in ms unless the name ends in _s)
 - learn_s_20: wall seconds of ``casam.training.learn_task`` with the default LearnSettings on
   20 real annotated slices, on a fresh Predictor (empty embedding cache): embeddings included.
 - learn_iou_gain_default / learn_iou_gain_paper: mean IoU over a fixed held-out set of real
-  slices (other slices of the same structure) of the learned task minus plain SAM's, ground-truth boxes; the
-  paper's schedule is ``LearnSettings.paper()`` learned on the same 20 slices.
+  slices (other slices of the same structure) of the learned task minus plain SAM's,
+  ground-truth boxes; the paper's schedule is ``LearnSettings.paper()`` learned on the same
+  20 slices.
 - revisit_encoder_calls: encoder calls caused by revisiting slices that are cached (must be 0).
 """
 
@@ -112,7 +113,8 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--data-cache",
         default=None,
-        help="datasets cache folder (default: $CASAM_BENCH_DATA or ~/.cache/napari-casam/bench-data)",
+        help="datasets cache folder "
+        "(default: $CASAM_BENCH_DATA or ~/.cache/napari-casam/bench-data)",
     )
     ap.add_argument(
         "--no-paper", action="store_true", help="skip learning with the paper's schedule (slow)"
@@ -131,7 +133,8 @@ def main(argv=None) -> int:
         "--extra-tasks",
         metavar="LIBRARY",
         default=None,
-        help="copy this library's tasks (same backbone) into the measured library before the decode "
+        help="copy this library's tasks (same backbone) into the measured library before the "
+        "decode "
         "and routing measurements, so the predictor routes among several real tasks "
         "(e.g. the quality benchmark's lib-all)",
     )
@@ -142,8 +145,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from casam import LearnSettings, Predictor, TaskLibrary
-    from casam.backbones import get_backbone
     from casam.router import attention_pool
+    from casam.sam import get_backbone
 
     out: dict = {"machine": machine(), "backbone": "litemedsam"}
     bb = get_backbone("litemedsam")
@@ -284,7 +287,7 @@ def main(argv=None) -> int:
     out["decode_bare_ms"] = round(float(np.median(bare_t)), 2)
     out["decode_ms"] = round(float(np.median(full_t)), 2)
 
-    # ---- routing among 100 and 1000 tasks ---------------------------------------------------------
+    # ---- routing among 100 and 1000 tasks --------------------------------------------------------
     log("routing ...")
     f = attention_pool(e.z)
     for n in (100, 1000):

@@ -3,7 +3,8 @@
     python benchmarks/tune_schedule.py [--configs default,paper,...] [--micro]
 
 Data: 20 training slices of one structure (``_common.SPEED_TASK``: CT liver, evenly spread over
-its training split) and a fixed held-out set (its 20 test slices), exactly as ``speed.py``. Embeddings come from the benchmarks' disk cache (computed once), so each row's
+its training split) and a fixed held-out set (its 20 test slices), exactly as ``speed.py``.
+Embeddings come from the benchmarks' disk cache (computed once), so each row's
 ``train s`` is learning WITHOUT the 20 encoder calls; ``learn_s_20 est`` adds 20 x the encoder
 time measured in the same run, and ``target`` is 60 x encoder seconds (issue 4).
 
@@ -206,26 +207,37 @@ def print_table(runs: list[dict]) -> None:
         (r["gain"] for run in runs for r in run["rows"] if r["name"] == "paper"), None
     )
     print(
-        f"machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, torch {result['machine']['torch']}, "
+        f"machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, torch "
+        f"{result['machine']['torch']}, "
         f"{result['machine']['threads']} threads, {result['machine']['date']}"
     )
     for run in runs:
         print(
-            f"run {run['machine']['date']} ({run['machine']['threads']} threads, load {run['machine']['load_avg_1m_at_start']}"
-            f"..{run['machine'].get('load_avg_1m_at_end')}): encoder {run['encoder_ms']:.0f} ms (median) -> target "
-            f"learn_s_20 <= {run['learn_target_s']:.0f} s; rows: {', '.join(r['name'] for r in run['rows'])}"
+            f"run {run['machine']['date']} ({run['machine']['threads']} threads, load "
+            f"{run['machine']['load_avg_1m_at_start']}"
+            f"..{run['machine'].get('load_avg_1m_at_end')}): encoder {run['encoder_ms']:.0f} ms "
+            "(median) -> target "
+            f"learn_s_20 <= {run['learn_target_s']:.0f} s; rows: "
+            f"{', '.join(r['name'] for r in run['rows'])}"
         )
     print(f"plain SAM held-out IoU {sam_iou:.4f}")
-    head = f"{'settings':<20} {'target s':>8} {'blk':>3} {'ep':>3} {'bat':>3} {'lr':>7} {'bf16':>5} {'vae':>4} {'train s':>8} {'align s':>8} {'vae s':>6} {'learn_s_20 est':>14} {'IoU':>7} {'BIoU':>7} {'gain':>7} {'gain/paper':>10}"
+    head = (
+        f"{'settings':<20} {'target s':>8} {'blk':>3} {'ep':>3} {'bat':>3} {'lr':>7} {'bf16':>5} "
+        f"{'vae':>4} {'train s':>8} {'align s':>8} {'vae s':>6} {'learn_s_20 est':>14} "
+        f"{'IoU':>7} {'BIoU':>7} {'gain':>7} {'gain/paper':>10}"
+    )
     print(head)
     print("-" * len(head))
     rows = [(run, r) for run in runs for r in run["rows"]]
     for run, r in rows:
         gvp = f"{r['gain'] / paper_gain:.3f}" if paper_gain else "-"
         print(
-            f"{r['name']:<20} {run['learn_target_s']:>8.1f} {r['blocks']:>3} {r['epochs']:>3} {r['batch_size']:>3} "
-            f"{r['lr']:>7.0e} {str(r['bf16']):>5} {r['vae_steps']:>4} {r['train_s']:>8.1f} {r['align_s']:>8.1f} "
-            f"{r['vae_s']:>6.1f} {r['learn_s_20_est']:>14.1f} {r['iou']:>7.4f} {r['biou']:>7.4f} {r['gain']:>7.4f} {gvp:>10}"
+            f"{r['name']:<20} {run['learn_target_s']:>8.1f} {r['blocks']:>3} {r['epochs']:>3} "
+            f"{r['batch_size']:>3} "
+            f"{r['lr']:>7.0e} {str(r['bf16']):>5} {r['vae_steps']:>4} {r['train_s']:>8.1f} "
+            f"{r['align_s']:>8.1f} "
+            f"{r['vae_s']:>6.1f} {r['learn_s_20_est']:>14.1f} {r['iou']:>7.4f} {r['biou']:>7.4f} "
+            f"{r['gain']:>7.4f} {gvp:>10}"
         )
 
 

@@ -19,24 +19,40 @@ _LAZY = {
     "LearnSettings": "casam.config",
     "learn_task": "casam.training",
     "iter_learn_task": "casam.training",
-    "get_backbone": "casam.backbones",
+    "get_backbone": "casam.sam",
     "BACKBONES": "casam.backbones",
     "iou": "casam.metrics",
     "boundary_iou": "casam.metrics",
     "CasamError": "casam.errors",
-    "RouteDecision": "casam.router",
+    "RouteDecision": "casam.routing",
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = [
+    "BACKBONES",
+    "CasamError",
+    "LearnSettings",
+    "Prediction",
+    "Predictor",
+    "RouteDecision",
+    "TaskInfo",
+    "TaskLibrary",
+    "__version__",
+    "boundary_iou",
+    "get_backbone",
+    "iou",
+    "iter_learn_task",
+    "learn_task",
+]
 
 if TYPE_CHECKING:
-    from casam.backbones import BACKBONES, get_backbone
+    from casam.backbones import BACKBONES
     from casam.config import LearnSettings
     from casam.errors import CasamError
     from casam.library import TaskInfo, TaskLibrary
     from casam.metrics import boundary_iou, iou
     from casam.predictor import Prediction, Predictor
-    from casam.router import RouteDecision
+    from casam.routing import RouteDecision
+    from casam.sam import get_backbone
     from casam.training import iter_learn_task, learn_task
 
 

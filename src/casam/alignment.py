@@ -5,8 +5,9 @@ Each CAResBlock (method.md): conv3x3 -> ReLU -> conv3x3 -> ECA channel attention
 input, with LayerNorm2d. The LayerNorm normalises the residual branch's input (the previous
 block's output), and the last conv of each branch starts at zero, so an untrained layer is
 exactly the identity (no ReLU after the last conv: ReLU's zero gradient at
-0 would keep a zero-initialised conv from ever learning): a new task starts from SAM's own behaviour, and the residual stream of
-the embedding (which SAM's neck already normalised) is never renormalised.
+0 would keep a zero-initialised conv from ever learning): a new task starts from SAM's own
+behaviour, and the residual stream of the embedding (which SAM's neck already normalised) is
+never renormalised.
 
 The branch works in normalised units: LayerNorm on its input, and its output multiplied by
 ``scale``, the RMS of the task's training embeddings (a buffer fixed when training starts;

@@ -11,6 +11,8 @@ APP_NAME = "napari-casam"
 
 #: Library format version written by this release (see ``casam.library``).
 LIBRARY_FORMAT_VERSION = 1
+#: KL weight of the router's VAE (the paper's value); a task stores the one it was trained with.
+DEFAULT_BETA = 16.5
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class LearnSettings:
     vae_lr: float = 5e-4
     vae_hidden: int = 128
     vae_latent: int = 64
-    beta: float = 16.5
+    beta: float = DEFAULT_BETA
     temperature: float = 1.0
     folds: int = 5
     percentile: float = 97.0
@@ -78,8 +80,10 @@ class LearnSettings:
         ]
         for name, ok, what in rules:
             if not ok:
+                field_ = name.replace("-", "_")
                 raise InputError(
-                    f"--{name} must be {what}; got {getattr(self, name.replace('-', '_'))}"
+                    f"setting {field_} must be {what}; got {getattr(self, field_)}",
+                    subject=field_,
                 )
 
     @classmethod

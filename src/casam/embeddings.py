@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from casam.backbones import EMBED_SHAPE
 from casam.preprocess import Geometry
 
 #: Bumped whenever preprocessing changes, so old cached embeddings are not reused.
@@ -90,7 +91,7 @@ class EmbeddingCache:
             except (OSError, ValueError):
                 path.unlink(missing_ok=True)
             else:
-                if tuple(z.shape) == (256, 64, 64):
+                if tuple(z.shape) == EMBED_SHAPE:
                     from casam.router import attention_pool
 
                     e = Embedding(key, z, geometry, attention_pool(z, temperature))

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 
 class CasamError(Exception):
-    """Base class of every error meant to be shown to a user (CLI: exit code 2, no traceback)."""
+    """Base class of every error meant to be shown to a user (CLI: exit code 2, no traceback).
+
+    ``subject`` names what the message is about when it is one of the user's choices
+    ("checkpoint", "device", "backbone", a ``LearnSettings`` field...), so a front end can
+    point at its own control for it (the CLI adds the flag's name).
+    """
+
+    def __init__(self, message: str = "", *, subject: str | None = None):
+        super().__init__(message)
+        self.subject = subject
 
 
 class InputError(CasamError, ValueError):

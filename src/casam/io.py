@@ -141,17 +141,19 @@ def read_pairs(
     mpaths = expand_paths(masks, "--masks")
     if len(ipaths) != len(mpaths):
         raise InputError(
-            f"{len(ipaths)} image files but {len(mpaths)} mask files; give one mask file per image file"
+            f"{len(ipaths)} image files but {len(mpaths)} mask files; give one mask file per "
+            "image file"
         )
     pairs, skipped = [], 0
-    for ip, mp in zip(ipaths, mpaths):
+    for ip, mp in zip(ipaths, mpaths, strict=True):
         islices, mslices = read_slices(ip), read_slices(mp)
         if len(islices) != len(mslices):
             raise InputError(f"{ip} has {len(islices)} slices but its mask {mp} has {len(mslices)}")
-        for name, img, msk in zip(slice_names(ip, len(islices)), islices, mslices):
+        for name, img, msk in zip(slice_names(ip, len(islices)), islices, mslices, strict=True):
             if msk.shape[:2] != img.shape[:2]:
                 raise InputError(
-                    f"{name} is {img.shape[0]}x{img.shape[1]} but its mask ({mp}) is {msk.shape[0]}x{msk.shape[1]}; they must match"
+                    f"{name} is {img.shape[0]}x{img.shape[1]} but its mask ({mp}) is "
+                    f"{msk.shape[0]}x{msk.shape[1]}; they must match"
                 )
             fg = mask_foreground(msk, label)
             if not fg.any() and not keep_empty:

@@ -18,12 +18,14 @@ import numpy as np
 import torch
 
 from casam.alignment import AlignmentLayer
-from casam.backbones import Backbone, get_backbone
 from casam.embeddings import Embedding, EmbeddingCache, image_key
 from casam.errors import InputError
 from casam.library import TaskInfo, TaskLibrary
 from casam.preprocess import check_boxes, check_image
-from casam.router import RouteDecision, VAEBank, attention_pool, vae_from_state
+from casam.router import VAEBank, attention_pool
+from casam.routing import RouteDecision, check_known, choose
+from casam.sam import Backbone, get_backbone
+from casam.task_tensors import beta_of, layer_from_state, vae_from_state
 
 
 @dataclass(frozen=True)
@@ -37,12 +39,6 @@ class Prediction:
     route: RouteDecision
     task: str | None
     """The task whose Alignment Layer was used; None = plain SAM."""
-
-
-def layer_from_state(state: dict[str, torch.Tensor]) -> AlignmentLayer:
-    layer = AlignmentLayer(AlignmentLayer.blocks_in_state(state))
-    layer.load_state_dict(state)
-    return layer.eval().requires_grad_(False)
 
 
 class Predictor:
@@ -104,7 +100,7 @@ class Predictor:
                 names.append(info.name)
                 vaes.append(vae)
                 taus.append(info.threshold)
-                betas.append(float(info.settings.get("beta", 16.5)))
+                betas.append(beta_of(info.settings))
                 infos[info.name] = info
         with self._lock:
             self.bank = VAEBank(names, vaes, taus, betas)
@@ -122,16 +118,15 @@ class Predictor:
     def layer(self, name: str) -> AlignmentLayer:
         with self._lock:
             if name not in self._layers:
-                if name not in self.task_infos:
-                    known = ", ".join(self.task_names) or "none yet"
-                    raise InputError(
-                        f"no task '{name}' for backbone {self.backbone.identity}; known: {known}"
-                    )
+                check_known(name, self._thresholds(), self.backbone.identity)
                 assert self.library is not None
                 self._layers[name] = layer_from_state(self.library.load(name).alignment).to(
                     self.backbone.device
                 )
             return self._layers[name]
+
+    def _thresholds(self) -> dict[str, float]:
+        return {n: i.threshold for n, i in self.task_infos.items()}
 
     # ---- embeddings ------------------------------------------------------------------------
     def embed(self, image: np.ndarray) -> Embedding:
@@ -190,19 +185,10 @@ class Predictor:
         self, e: Embedding, task: str | None = "auto"
     ) -> tuple[str | None, RouteDecision]:
         """``"auto"`` -> routed task; ``"sam"``/None -> plain SAM; a name -> that task."""
-        if task in (None, "sam", "SAM"):
-            return None, RouteDecision(None, float("nan"), None, True, forced=True)
-        if task == "auto":
-            r = self.route_embedding(e)
-            return r.task, r
-        if task not in self.task_infos:
-            known = ", ".join(self.task_names) or "none yet"
-            raise InputError(
-                f"no task '{task}' for backbone {self.backbone.identity}; known tasks: {known}"
-            )
-        return task, RouteDecision(
-            task, float("nan"), self.task_infos[task].threshold, False, forced=True
+        r = choose(
+            task, lambda: self.route_embedding(e), self._thresholds(), self.backbone.identity
         )
+        return r.task, r
 
     def predict(
         self,

@@ -43,7 +43,8 @@ def check_image(image: np.ndarray, what: str = "image") -> np.ndarray:
         raise InputError(f"{what} has 2 channels (shape {a.shape}); give grayscale or RGB")
     if a.ndim == 3 and a.shape[0] in (1, 3, 4) and a.shape[-1] > 4:
         raise InputError(
-            f"{what} has shape {a.shape}, channels first; give (H, W) or (H, W, 3) with channels last"
+            f"{what} has shape {a.shape}, channels first; give (H, W) or (H, W, 3) with channels "
+            "last"
         )
     if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] != 3):
         raise InputError(

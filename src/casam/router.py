@@ -8,16 +8,18 @@ plain SAM. All VAEs of a library are evaluated as one batched computation (``VAE
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
 from casam.backbones import EMBED_DIM
+from casam.routing import RouteDecision, decide
+from casam.task_tensors import VAE_LAYERS
+
+__all__ = ["VAE", "VAEBank", "RouteDecision", "attention_pool", "fit_router", "train_vaes"]
 
 
 def attention_pool(z: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -83,9 +85,6 @@ def single_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-LAYERS = ("enc1", "enc2", "dec1", "dec2")
-
-
 def train_vae(
     features: torch.Tensor,
     *,
@@ -97,7 +96,8 @@ def train_vae(
     latent: int,
     seed: int,
 ) -> VAE:
-    """Fit a VAE to (N, D) features for a fixed number of Adam steps (batches drawn with replacement)."""
+    """Fit a VAE to (N, D) features for a fixed number of Adam steps (batches drawn with
+    replacement)."""
     return train_vaes(
         [features],
         steps=steps,
@@ -139,13 +139,16 @@ def train_vaes(
                 .clone()
                 .requires_grad_(True),
             )
-            for a in LAYERS
+            for a in VAE_LAYERS
         ]
         opt = torch.optim.Adam([t for wb in params for t in wb], lr=lr)
         gens = [torch.Generator().manual_seed(seed) for seed in seeds]
         for _ in range(steps):
             x = torch.stack(
-                [f[torch.randint(0, f.shape[0], (batch,), generator=g)] for f, g in zip(sets, gens)]
+                [
+                    f[torch.randint(0, f.shape[0], (batch,), generator=g)]
+                    for f, g in zip(sets, gens, strict=True)
+                ]
             )
             (w1, b1), (w2, b2), (w3, b3), (w4, b4) = params
             mu, logvar = torch.baddbmm(b2, torch.relu(torch.baddbmm(b1, x, w1)), w2).chunk(
@@ -162,7 +165,7 @@ def train_vaes(
         out = []
         for k, vae in enumerate(inits):
             with torch.no_grad():
-                for a, (w, b) in zip(LAYERS, params):
+                for a, (w, b) in zip(VAE_LAYERS, params, strict=True):
                     getattr(vae, a).weight.copy_(w[k].T)
                     getattr(vae, a).bias.copy_(b[k, 0])
             out.append(vae.eval().requires_grad_(False))
@@ -172,14 +175,6 @@ def train_vaes(
 def fold_indices(n: int, folds: int) -> list[np.ndarray]:
     """Contiguous-stride folds: image i goes to fold i % folds (deterministic)."""
     return [np.arange(k, n, folds) for k in range(folds)]
-
-
-def vae_from_state(state: dict[str, torch.Tensor]) -> VAE:
-    """Rebuild a VAE from the ``vae.*`` entries of a router state dict."""
-    w1 = state["vae.enc1.weight"]
-    vae = VAE(dim=w1.shape[1], hidden=w1.shape[0], latent=state["vae.dec1.weight"].shape[1])
-    vae.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("vae.")})
-    return vae.eval().requires_grad_(False)
 
 
 def fit_router(
@@ -202,43 +197,9 @@ def fit_router(
     vaes = train_vaes(sets, seeds=[seed + k + 1 for k in range(folds)] + [seed], beta=beta, **train)
     scores = np.empty(n, dtype=np.float64)
     with torch.no_grad():
-        for h, vae in zip(held, vaes):
+        for h, vae in zip(held, vaes, strict=False):
             scores[h] = vae.neg_elbo(features[h], beta, sample=False).double().numpy()
     return vaes[-1], float(np.percentile(scores, percentile)), scores
-
-
-@dataclass(frozen=True)
-class RouteDecision:
-    """Where an image goes: a task (``fallback`` False) or plain SAM."""
-
-    task: str | None
-    score: float
-    threshold: float | None
-    fallback: bool
-    scores: dict[str, float] = field(default_factory=dict)
-    forced: bool = False
-    best: str | None = None
-    """The best-scoring task even when it was rejected (None without tasks)."""
-
-    def __str__(self) -> str:
-        if self.forced:
-            return f"{self.task} (chosen by you)" if self.task else "SAM (chosen by you)"
-        if self.best is None:
-            return "SAM fallback  (no task learned for this model yet)"
-        if self.fallback:
-            return (
-                f"SAM fallback  (best: {self.best}, ELBO {self.score:.3g} > {self.threshold:.3g})"
-            )
-        return f"{self.task}  (ELBO {self.score:.3g} <= {self.threshold:.3g})"
-
-    def to_json(self, image: str) -> dict:
-        return {
-            "image": image,
-            "task": self.task,
-            "score": None if math.isnan(self.score) else float(self.score),
-            "threshold": None if self.fallback and self.best is None else self.threshold,
-            "fallback": self.fallback,
-        }
 
 
 def _stack_padded(vaes: Sequence[VAE]) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -299,16 +260,5 @@ class VAEBank:
     def route(self, f: torch.Tensor) -> RouteDecision:
         """One (D,) feature -> the routing decision (argmin, then threshold)."""
         if not self.names:
-            return RouteDecision(None, float("nan"), None, True)
-        s = self.scores(f[None])[0]
-        i = int(torch.argmin(s))
-        score, tau = float(s[i]), float(self.thresholds[i])
-        ok = score <= tau
-        return RouteDecision(
-            self.names[i] if ok else None,
-            score,
-            tau,
-            not ok,
-            {n: float(v) for n, v in zip(self.names, s.tolist())},
-            best=self.names[i],
-        )
+            return decide([], [], [])
+        return decide(self.names, self.scores(f[None])[0].tolist(), self.thresholds.tolist())

@@ -17,14 +17,16 @@ import torch
 import torch.nn.functional as F
 
 from casam.alignment import AlignmentLayer
-from casam.backbones import Backbone
 from casam.config import LearnSettings
 from casam.errors import InputError
 from casam.library import TaskInfo, TaskLibrary, new_task_info, validate_name
 from casam.metrics import boundary_iou, iou
-from casam.predictor import Predictor, layer_from_state
+from casam.predictor import Predictor
 from casam.preprocess import check_image, mask_box
 from casam.router import fit_router
+from casam.routing import calibrated_threshold
+from casam.sam import Backbone
+from casam.task_tensors import FEATURES, layer_from_state, router_state
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,7 @@ def collect_samples(
     if len(images) != len(masks):
         raise InputError(f"{len(images)} images but {len(masks)} masks: give one mask per image")
     used, samples = [], []
-    for i, (img, msk) in enumerate(zip(images, masks)):
+    for i, (img, msk) in enumerate(zip(images, masks, strict=True)):
         what = names[i] if names else f"image {i}"
         a = check_image(img, what)
         m = np.asarray(msk)
@@ -89,7 +91,8 @@ def collect_samples(
             m = m[..., 0]
         if m.shape != a.shape[:2]:
             raise InputError(
-                f"{what} is {a.shape[0]}x{a.shape[1]} but its mask is {'x'.join(map(str, m.shape))}; they must match"
+                f"{what} is {a.shape[0]}x{a.shape[1]} but its mask is "
+                f"{'x'.join(map(str, m.shape))}; they must match"
             )
         objs = objects_of(m, label)
         if objs:
@@ -284,16 +287,16 @@ def iter_learn_task(
 
     # 3. the VAE router and its threshold (features of the training images only)
     feats = torch.stack([emb[i].feature for i in order]).float()
-    if previous is not None and "features" in previous.router:
-        feats = torch.cat([previous.router["features"].float(), feats])
+    if previous is not None and FEATURES in previous.router:
+        feats = torch.cat([previous.router[FEATURES].float(), feats])
     vae_kw = dict(
         steps=s.vae_steps, batch=s.vae_batch, lr=s.vae_lr, hidden=s.vae_hidden, latent=s.vae_latent
     )
     yield Progress("vae", 0, 1, message=f"VAE and {s.folds}-fold threshold")
-    vae, threshold, _ = fit_router(
+    vae, fold_threshold, _ = fit_router(
         feats, folds=s.folds, percentile=s.percentile, seed=s.seed, beta=s.beta, **vae_kw
     )
-    threshold *= s.threshold_margin
+    threshold = calibrated_threshold(fold_threshold, s.threshold_margin)
     yield Progress("vae", 1, 1, message=f"threshold {threshold:.4g}")
 
     # 4. held-out IoU: plain SAM versus the new layer, box = the object's bounding box
@@ -332,10 +335,10 @@ def iter_learn_task(
         },
         **means,
     )
-    router_state = {f"vae.{k}": v for k, v in vae.state_dict().items()}
-    router_state["features"] = feats
     yield Progress("save", 0, 1)
-    saved = lib.save(info, layer.state_dict(), router_state, overwrite=overwrite or extend)
+    saved = lib.save(
+        info, layer.state_dict(), router_state(vae, feats), overwrite=overwrite or extend
+    )
     if predictor.library is not None and predictor.library.root == lib.root:
         predictor.reload_library()
     return saved

@@ -5,13 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from casam import backbones
-from casam.backbones import BACKBONES, download_checkpoint, get_backbone, resolve_device
+from casam.backbones import BACKBONES, resolve_device
+from casam.checkpoints import bundled_litemedsam_path, download_checkpoint
 from casam.errors import CheckpointError, InputError
+from casam.sam import Backbone, get_backbone
 
 
 def test_download_offline_fails_clearly_and_leaves_nothing(tmp_path):
-    with pytest.raises(CheckpointError, match="--checkpoint PATH") as e:
+    with pytest.raises(CheckpointError, match="give its path as the checkpoint") as e:
         download_checkpoint(
             "sam_vit_b", tmp_path, url="http://127.0.0.1:9/sam_vit_b_01ec64.pth", timeout=5
         )
@@ -78,7 +79,7 @@ def test_paired_decode_equals_one_by_one():
 def test_wrong_checkpoint_for_backbone(tmp_path, monkeypatch):
     # LiteMedSAM's weights given to the SAM ViT-B architecture: refused, with a hint
     bad = tmp_path / "lite.pth"
-    bad.write_bytes(backbones.bundled_litemedsam_path().read_bytes())
+    bad.write_bytes(bundled_litemedsam_path().read_bytes())
     with pytest.raises(CheckpointError, match="litemedsam") as e:
-        backbones.Backbone(BACKBONES["sam_vit_b"], bad, "cpu")
+        Backbone(BACKBONES["sam_vit_b"], bad, "cpu")
     assert "\n" not in str(e.value)

@@ -133,6 +133,7 @@ def test_usage_errors(capsys, files):
             ],
             ["--threshold-margin", "(0, 10]"],
         ),
+        (["route", "{d}/img.npy", "--device", "tpu9"], ["unknown device", "option --device"]),
     ],
 )
 def test_input_errors_without_the_model(capsys, files, argv, needles):
@@ -236,7 +237,8 @@ def test_console_script_runs_in_a_fresh_process(files):
 def test_importing_casam_loads_no_gui():
     code = (
         "import sys, casam, casam.predictor, casam.training, casam.cli, casam.library\n"
-        "bad = [m for m in sys.modules if m.split('.')[0] in ('napari', 'qtpy', 'PyQt5', 'PySide2', 'PySide6', 'magicgui', 'napari_casam')]\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('napari', 'qtpy', 'PyQt5', "
+        "'PySide2', 'PySide6', 'magicgui', 'napari_casam')]\n"
         "print(bad); sys.exit(1 if bad else 0)"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
@@ -251,3 +253,38 @@ def test_importing_casam_is_lazy():
         timeout=300,
     )
     assert r.stdout.strip() == "False"
+
+
+def test_engine_errors_get_the_cli_option_that_fixes_them():
+    from casam.cli import error_line
+    from casam.errors import CheckpointError, TaskExistsError
+
+    taken = TaskExistsError("task 'X' already exists in /lib; choose another name")
+    line = error_line(taken, "learn")
+    assert line.startswith("casam: error: task 'X' already exists")
+    assert "--overwrite" in line and "--extend" in line
+    assert "--name" in error_line(taken, "import") and "--extend" not in error_line(taken, "import")
+    assert error_line(CheckpointError("needs a checkpoint", subject="checkpoint")).endswith(
+        "(option --checkpoint PATH)"
+    )
+    assert error_line(CheckpointError("unreadable")) == "casam: error: unreadable"
+
+
+def test_tasks_lists_from_metadata_without_building_a_model(capsys, tmp_path, monkeypatch):
+    from casam_testing import save_task
+
+    import casam.sam
+    from casam.library import TaskLibrary
+
+    def no_model(*a, **k):
+        raise AssertionError("casam tasks built a model")
+
+    monkeypatch.setattr(casam.sam.Backbone, "__init__", no_model)
+    lib = TaskLibrary(tmp_path / "lib")
+    save_task(lib, "A")
+    (lib.root / "A" / "stray.pkl").write_bytes(b"x")
+    save_task(lib, "B")
+    code, out, err = run(capsys, "tasks", "--library", lib.root)
+    assert code == 0 and "B" in out and err == ""
+    code, out, err = run(capsys, "tasks", "--library", lib.root, "--verify")
+    assert code == 0 and "stray.pkl" in err

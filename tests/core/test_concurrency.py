@@ -13,12 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_reliability_helpers import (  # noqa: E402
+from casam_testing import (
     TinyBackbone,
     disk_images,
-    isolate_user_dirs,
     one_line,
     router_state,
     save_task,
@@ -28,12 +25,12 @@ from test_reliability_helpers import (  # noqa: E402
     wait_for_line,
 )
 
-from casam.errors import TaskExistsError  # noqa: E402
-from casam.library import TaskLibrary  # noqa: E402
+from casam.errors import TaskExistsError
+from casam.library import TaskLibrary
 
 SAVER = textwrap.dedent("""
     import json, os, sys, time
-    from test_reliability_helpers import save_task
+    from casam_testing import save_task
     from casam.errors import TaskExistsError
     from casam.library import TaskLibrary
 
@@ -52,7 +49,7 @@ SAVER = textwrap.dedent("""
 
 LEARNER = textwrap.dedent("""
     import json, os, sys, time
-    from test_reliability_helpers import TinyBackbone, disk_images, tiny_settings
+    from casam_testing import TinyBackbone, disk_images, tiny_settings
     from casam.errors import TaskExistsError
     from casam.library import TaskLibrary
     from casam.predictor import Predictor
@@ -67,16 +64,13 @@ LEARNER = textwrap.dedent("""
         time.sleep(0.002)
     for name in names:
         try:
-            info = learn_task(images, masks, name, library=lib, predictor=p, settings=tiny_settings(seed=seed))
+            info = learn_task(
+                images, masks, name, library=lib, predictor=p, settings=tiny_settings(seed=seed)
+            )
             print(json.dumps({"name": name, "won": True, "n_images": info.n_images}), flush=True)
         except TaskExistsError as e:
             print(json.dumps({"name": name, "won": False, "message": str(e)}), flush=True)
 """)
-
-
-@pytest.fixture(autouse=True)
-def _user_dirs(tmp_path, monkeypatch):
-    isolate_user_dirs(tmp_path, monkeypatch)
 
 
 def run_together(tmp_path: Path, script: str, jobs: list[tuple[str, int]], root: Path):

@@ -50,7 +50,7 @@ def test_pairs_skip_empty_and_honour_label(tmp_path, vol):
     np.save(tmp_path / "img.npy", v)
     np.save(tmp_path / "msk.npy", m)
     pairs, skipped = read_pairs([tmp_path / "img.npy"], [tmp_path / "msk.npy"])
-    assert [p.name.endswith(f"[{k}]") for p, k in zip(pairs, (1, 3))] == [
+    assert [p.name.endswith(f"[{k}]") for p, k in zip(pairs, (1, 3), strict=True)] == [
         True,
         True,
     ] and skipped == 2

@@ -18,17 +18,15 @@ import time
 from pathlib import Path
 
 import pytest
+from casam_testing import subprocess_env, wait_for_line
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_reliability_helpers import subprocess_env, wait_for_line  # noqa: E402
-
-from casam.library import TaskLibrary  # noqa: E402
+from casam.library import TaskLibrary
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
 
 SAVER = textwrap.dedent("""
     import json, sys
-    from test_reliability_helpers import save_task
+    from casam_testing import save_task
     from casam.library import TaskLibrary
 
     def log(*x):
@@ -59,7 +57,7 @@ SAVER = textwrap.dedent("""
 
 LEARNER = textwrap.dedent("""
     import json, sys
-    from test_reliability_helpers import TinyBackbone, disk_images, save_task, tiny_settings
+    from casam_testing import TinyBackbone, disk_images, save_task, tiny_settings
     from casam.library import TaskLibrary
     from casam.predictor import Predictor
     from casam.training import iter_learn_task

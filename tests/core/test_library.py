@@ -15,12 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_reliability_helpers import (  # noqa: E402
+from casam_testing import (
     TINY_IDENTITY,
     alignment_state,
-    isolate_user_dirs,
     make_info,
     one_line,
     router_state,
@@ -28,15 +25,11 @@ from test_reliability_helpers import (  # noqa: E402
     snapshot,
 )
 
-import casam.library as library  # noqa: E402
-from casam.config import LIBRARY_FORMAT_VERSION  # noqa: E402
-from casam.errors import InputError, LibraryError, TaskExistsError  # noqa: E402
-from casam.library import MARKER, META, TaskLibrary  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def _user_dirs(tmp_path, monkeypatch):
-    isolate_user_dirs(tmp_path, monkeypatch)
+import casam.library as library
+import casam.library.format as fmt
+from casam.config import LIBRARY_FORMAT_VERSION
+from casam.errors import InputError, LibraryError, TaskExistsError
+from casam.library import MARKER, META, TaskLibrary, exchange, fs  # noqa: E402
 
 
 @pytest.fixture
@@ -241,7 +234,7 @@ def test_import_refuses_duplicate_members(lib, tmp_path):
 
 
 def test_import_refuses_zip_bombs(lib, tmp_path, monkeypatch):
-    monkeypatch.setattr(library, "MAX_WEIGHT_BYTES", 4 << 20)
+    monkeypatch.setattr(fmt, "MAX_WEIGHT_BYTES", 4 << 20)
     big = _zip(tmp_path / "big.casamtask", {"router.safetensors": bytes(8 << 20)})
     assert big.stat().st_size < 100_000  # 8 MB of zeros compress to almost nothing
     target = TaskLibrary(tmp_path / "t")
@@ -363,7 +356,7 @@ def test_library_path_that_is_a_file(tmp_path):
 
 def test_stale_tmp_of_dead_process_is_removed_live_one_kept(lib):
     save_task(lib, "A")
-    host = library._HOST
+    host = fs.HOST
     dead = lib.root / f".tmp-{dead_pid()}-{host}-aaaaaaaaaaaa"
     mine = lib.root / f".tmp-{os.getpid()}-{host}-bbbbbbbbbbbb"  # our pid, but nothing of ours
     alive = lib.root / f".tmp-{os.getppid()}-{host}-cccccccccccc"
@@ -417,7 +410,7 @@ def test_failed_rename_into_place_restores_old_version(lib, monkeypatch):
             raise OSError(errno.EIO, "Input/output error")
         return real_replace(src, dst)
 
-    monkeypatch.setattr(library.os, "replace", flaky)
+    monkeypatch.setattr(fs.os, "replace", flaky)
     with pytest.raises(LibraryError) as e:
         save_task(lib, "A", seed=2, overwrite=True)
     one_line(e.value)
@@ -440,7 +433,7 @@ def _disk_fills_after(monkeypatch, n_ok: int):
                 raise OSError(errno.ENOSPC, "No space left on device")
             f.write(data)
 
-    monkeypatch.setattr(library, "_write_file", write)
+    monkeypatch.setattr(fs, "write_file", write)
 
 
 @pytest.mark.parametrize("n_ok", [0, 1, 2])
@@ -466,7 +459,7 @@ def test_full_disk_during_export_leaves_no_file(lib, tmp_path, monkeypatch):
         def writestr(self, *a, **k):
             raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(library.zipfile, "ZipFile", FullZip)
+    monkeypatch.setattr(exchange.zipfile, "ZipFile", FullZip)
     with pytest.raises(LibraryError) as e:
         lib.export("A", tmp_path / "out.casamtask")
     assert "disk is full" in one_line(e.value)

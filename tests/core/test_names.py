@@ -4,25 +4,21 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 import unicodedata
-from pathlib import Path
 
 import pytest
+from casam_testing import one_line, save_task
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_reliability_helpers import one_line, save_task  # noqa: E402
-
-from casam.errors import InputError, TaskExistsError  # noqa: E402
-from casam.library import (  # noqa: E402
+from casam.errors import InputError, TaskExistsError
+from casam.library import TaskLibrary
+from casam.library.names import (
     FORBIDDEN,
     MAX_NAME,
     MAX_NAME_BYTES,
     RESERVED,
     WINDOWS_DEVICES,
-    TaskLibrary,
     validate_name,
 )
 

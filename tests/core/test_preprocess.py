@@ -84,7 +84,8 @@ def test_geometry_round_trip(hw, size):
 
 
 def test_masks_map_back_to_original_size_exactly():
-    from casam.backbones import BACKBONES, Backbone
+    from casam.backbones import BACKBONES
+    from casam.sam import Backbone
 
     bb = Backbone.__new__(Backbone)  # geometry helpers only; no weights needed
     bb.input_size = 256
@@ -123,7 +124,7 @@ def test_mask_box():
 
 
 def test_lowres_target_is_binary():
-    from casam.backbones import Backbone
+    from casam.sam import Backbone
 
     bb = Backbone.__new__(Backbone)
     bb.input_size = 1024

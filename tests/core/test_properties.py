@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+from casam_testing import one_line
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_reliability_helpers import one_line  # noqa: E402
-
-from casam.errors import InputError  # noqa: E402
-from casam.preprocess import Geometry, check_boxes, mask_box  # noqa: E402
+from casam.errors import InputError
+from casam.preprocess import Geometry, check_boxes, mask_box
 
 sides = st.integers(min_value=1, max_value=6000)
 input_sizes = st.sampled_from([256, 1024])

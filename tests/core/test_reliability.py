@@ -21,25 +21,17 @@ from pathlib import Path
 
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_reliability_helpers import (  # noqa: E402
+from casam_testing import (
     REPO,  # noqa: F401
     TinyBackbone,
     alignment_state,
-    isolate_user_dirs,
     one_line,
     save_task,
     subprocess_env,
 )
 
-from casam.errors import CheckpointError, LibraryError  # noqa: E402
-from casam.library import META, TaskLibrary  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def _user_dirs(tmp_path, monkeypatch):
-    isolate_user_dirs(tmp_path, monkeypatch)
+from casam.errors import CheckpointError, LibraryError
+from casam.library import META, TaskLibrary
 
 
 class Payload:
@@ -254,7 +246,8 @@ def test_folder_without_metadata_or_with_bad_name(lib):
 
 @pytest.mark.parametrize("maker", [evil_pickle, evil_torch_file])
 def test_malicious_checkpoint_is_refused_not_executed(marker, tmp_path, maker):
-    from casam.backbones import BACKBONES, Backbone
+    from casam.backbones import BACKBONES
+    from casam.sam import Backbone
 
     ckpt = tmp_path / "sam_vit_b_evil.pth"
     ckpt.write_bytes(maker(marker))
@@ -292,7 +285,7 @@ def test_cli_check_reports_every_problem(lib, tmp_path, marker):
 
 def test_tasks_with_different_vae_sizes_route_together(tmp_path):
     """A task learned with another vae_hidden / vae_latent (or imported) must not break routing."""
-    from test_reliability_helpers import disk_images, make_info, router_state
+    from casam_testing import disk_images, make_info, router_state
 
     from casam.predictor import Predictor
 
@@ -335,7 +328,7 @@ def test_a_threshold_that_would_take_any_image_is_refused(tmp_path):
 
 def test_threshold_margin_scales_the_calibrated_threshold(tmp_path):
     """The stored threshold is threshold_margin x the fold percentile, the VAE unchanged."""
-    from test_reliability_helpers import disk_images, tiny_settings
+    from casam_testing import disk_images, tiny_settings
 
     from casam.errors import InputError
     from casam.predictor import Predictor
@@ -357,11 +350,12 @@ def test_threshold_margin_scales_the_calibrated_threshold(tmp_path):
     for bad in (0, -1, 11):
         with pytest.raises(InputError) as e:
             tiny_settings(threshold_margin=bad)
-        assert "--threshold-margin" in one_line(e.value)
+        assert "threshold_margin" in one_line(e.value)
+        assert e.value.subject == "threshold_margin"  # the CLI names --threshold-margin
 
 
 def test_reload_reads_each_task_once(tmp_path, monkeypatch):
-    from test_reliability_helpers import make_info, router_state
+    from casam_testing import make_info, router_state
 
     from casam.predictor import Predictor
 

@@ -4,7 +4,6 @@ import torch
 
 from casam.router import (
     VAE,
-    RouteDecision,
     VAEBank,
     attention_pool,
     fit_router,
@@ -13,6 +12,7 @@ from casam.router import (
     train_vae,
     train_vaes,
 )
+from casam.routing import RouteDecision
 
 
 def test_attention_pool_matches_formula():
@@ -120,7 +120,7 @@ def test_batched_training_equals_separate_training():
     alone = [train_vae(a, seed=5, **kw), train_vae(b, seed=6, **kw)]
     f = torch.randn(3, 256)
     with torch.no_grad():
-        for t, s in zip(together, alone):
+        for t, s in zip(together, alone, strict=True):
             assert torch.allclose(
                 t.neg_elbo(f, 16.5, sample=False),
                 s.neg_elbo(f, 16.5, sample=False),

@@ -1,7 +1,6 @@
-"""Helpers shared by the reliability tests (issue 5), plus self-tests of the helpers.
-
-Other test files import this module after putting this folder on ``sys.path``; the subprocess
-scripts of the kill and concurrency tests do the same. Everything here is small and fast:
+"""Helpers shared by the engine tests (importable as ``casam_testing``: pytest's ``pythonpath``
+setting in pyproject.toml puts this folder on ``sys.path``; the subprocess scripts of the kill
+and concurrency tests get it through ``subprocess_env``). Everything here is small and fast:
 task weights of the real shapes with random values, synthetic 64x64 images, and a tiny
 backbone (random SAM prompt encoder and mask decoder, a one-conv "encoder") that learns a
 task in seconds on a CPU without touching the bundled model.
@@ -10,7 +9,6 @@ task in seconds on a CPU without touching the bundled model.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -115,7 +113,7 @@ def disk_images(
 
 
 class TinyBackbone:
-    """Builds a ``casam.backbones.Backbone`` whose encoder is a single conv (no weights file).
+    """Builds a ``casam.sam.Backbone`` whose encoder is a single conv (no weights file).
 
     The prompt encoder and mask decoder are segment_anything's, randomly initialised: enough
     for learning to run end to end (and to be killed) in seconds.
@@ -132,7 +130,8 @@ class TinyBackbone:
     def _build(seed: int):
         import threading
 
-        from casam.backbones import BACKBONES, SAM_PIXEL_MEAN, SAM_PIXEL_STD, Backbone, _sam_heads
+        from casam.backbones import BACKBONES, SAM_PIXEL_MEAN, SAM_PIXEL_STD, _sam_heads
+        from casam.sam import Backbone
 
         b = Backbone.__new__(Backbone)
         b.spec = BACKBONES["litemedsam"]
@@ -198,28 +197,3 @@ def isolate_user_dirs(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("CASAM_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("CASAM_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("CASAM_LIBRARY", str(tmp_path / "default-library"))
-
-
-# ---- self-tests of the helpers --------------------------------------------------------------
-
-
-def test_helper_task_round_trips(tmp_path):
-    from casam.library import TaskLibrary
-
-    lib = TaskLibrary(tmp_path / "lib")
-    info = save_task(lib, "helper")
-    assert lib.problems() == []
-    assert lib.load("helper").info == info.with_(path=None)
-
-
-def test_tiny_backbone_encodes_and_decodes():
-    b = TinyBackbone()
-    images, _ = disk_images(1)
-    z, geo = b.encode(images[0])
-    assert tuple(z.shape) == (256, 64, 64)
-    logits, iou = b.decode(z[None], torch.tensor([[10.0, 10.0, 100.0, 100.0]]))
-    assert tuple(logits.shape) == (1, 1, 256, 256) and tuple(iou.shape) == (1, 1)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(pytest.main([__file__, "-q"]))

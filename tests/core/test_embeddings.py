@@ -3,28 +3,19 @@
 from __future__ import annotations
 
 import os
-import sys
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from casam_testing import TinyBackbone
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_reliability_helpers import TinyBackbone, isolate_user_dirs  # noqa: E402
-
-from casam.embeddings import Embedding, EmbeddingCache  # noqa: E402
-from casam.preprocess import Geometry  # noqa: E402
-from casam.router import attention_pool  # noqa: E402
+from casam.embeddings import Embedding, EmbeddingCache
+from casam.preprocess import Geometry
+from casam.router import attention_pool
 
 GEO = Geometry(64, 64, 256)
 ONE = 256 * 64 * 64 * 4 + 256 * 4  # bytes of one embedding (z and feature, float32)
-
-
-@pytest.fixture(autouse=True)
-def _user_dirs(tmp_path, monkeypatch):
-    isolate_user_dirs(tmp_path, monkeypatch)
 
 
 def fake(key: str, seed: int = 0, real: bool = False) -> Embedding:

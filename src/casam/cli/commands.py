@@ -1,0 +1,291 @@
+"""The ``casam`` sub-commands: one ``cmd_*`` function per command, given the parsed arguments."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from casam.errors import InputError
+
+
+def _progress(total: int, desc: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        desc=desc,
+        file=sys.stderr,
+        disable=not sys.stderr.isatty(),
+        leave=False,
+        dynamic_ncols=True,
+    )
+
+
+def _library(args: argparse.Namespace, create: bool = True) -> Any:
+    from casam.library import TaskLibrary
+
+    return TaskLibrary(args.library, create=create)
+
+
+def _predictor(args: argparse.Namespace) -> Any:
+    from casam.predictor import Predictor
+
+    return Predictor(
+        args.backbone,
+        checkpoint=args.checkpoint,
+        device=args.device,
+        library=_library(args),
+        disk_cache=args.cache,
+    )
+
+
+def _fmt(x: float | None, spec: str = ".3f") -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+# ---- commands ----------------------------------------------------------------------------
+def cmd_learn(args: argparse.Namespace) -> int:
+    from casam.config import LearnSettings
+    from casam.io import read_pairs
+    from casam.library import validate_name
+    from casam.training import iter_learn_task
+
+    name = validate_name(args.name)
+    lib = _library(args)
+    if not (args.overwrite or args.extend):
+        lib.ensure_free(name)
+    pairs, skipped = read_pairs(args.images, args.masks, args.label)
+    base = LearnSettings.paper() if args.paper else LearnSettings()
+    overrides = {
+        k: getattr(args, k)
+        for k in (
+            "blocks",
+            "epochs",
+            "lr",
+            "batch_size",
+            "vae_steps",
+            "holdout",
+            "seed",
+            "threshold_margin",
+        )
+        if getattr(args, k) is not None
+    }
+    settings = LearnSettings.from_dict({**base.to_dict(), **overrides})
+    if not pairs:
+        raise InputError(
+            f"--masks: all {skipped} mask slices are empty; there is nothing to learn from"
+        )
+    if len(pairs) < settings.min_images and not args.extend:
+        raise InputError(
+            f"only {len(pairs)} annotated slice(s); a task needs at least {settings.min_images} "
+            "for its "
+            f"{settings.folds}-fold threshold calibration: annotate more slices"
+        )
+    p = _predictor(args)
+    print(
+        f"learning '{name}' from {len(pairs)} annotated slices ({skipped} empty skipped) "
+        f"on {p.backbone.identity}",
+        file=sys.stderr,
+    )
+    gen = iter_learn_task(
+        [x.image for x in pairs],
+        [x.mask for x in pairs],
+        name,
+        predictor=p,
+        settings=settings,
+        overwrite=args.overwrite,
+        extend=args.extend,
+        image_names=[x.name for x in pairs],
+    )
+    from casam.progress import drive
+
+    bars: dict[str, Any] = {}
+
+    def show(pr: Any) -> None:
+        bar = bars.get(pr.stage)
+        if bar is None:
+            bar = bars[pr.stage] = _progress(pr.total, pr.stage)
+        bar.total = pr.total
+        bar.n = pr.step
+        if pr.loss is not None:
+            bar.set_postfix(epoch=pr.epoch, loss=f"{pr.loss:.3f}", refresh=False)
+        bar.refresh()
+
+    try:
+        info = drive(gen, show)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    gain = info.iou_gain
+    print(
+        f"task '{info.name}' saved to {lib.root}: {info.n_images} training slices, "
+        f"threshold {info.threshold:.4g}; held-out IoU ({info.n_holdout} slices): "
+        f"SAM {_fmt(info.iou_sam)} -> task {_fmt(info.iou_task)}"
+        + (f" ({gain:+.3f})" if gain is not None else "")
+        + f"; {info.settings.get('train_seconds', 0):.0f} s"
+    )
+    return 0
+
+
+def _image_slices(paths: Sequence[str]) -> list[tuple[str, np.ndarray]]:
+    from casam.io import expand_paths, read_slices, slice_names
+
+    out = []
+    for path in expand_paths(paths, "IMAGE"):
+        slices = read_slices(path)
+        out.extend(zip(slice_names(path, len(slices)), slices, strict=True))
+    return out
+
+
+def cmd_route(args: argparse.Namespace) -> int:
+    items = _image_slices(args.images)
+    p = _predictor(args)
+    with _progress(len(items), "route") as bar:
+        for name, img in items:
+            route = p.set_image(img)
+            if args.json:
+                print(json.dumps(route.to_json(name)), flush=True)
+            else:
+                print(f"{name}\t{route}", flush=True)
+            bar.update()
+    return 0
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from casam.io import expand_paths, read_slices, write_mask
+
+    path = expand_paths([args.image], "IMAGE")
+    if len(path) != 1:
+        raise InputError(f"IMAGE: give one image file, not a folder of {len(path)} files")
+    slices = read_slices(path[0])
+    if args.slice is None and len(slices) > 1:
+        raise InputError(
+            f"{path[0]} holds {len(slices)} slices; choose one with --slice K "
+            f"(0..{len(slices) - 1})"
+        )
+    k = args.slice or 0
+    if not 0 <= k < len(slices):
+        raise InputError(
+            f"--slice {k} is out of range: {path[0]} has {len(slices)} slices "
+            f"(0..{len(slices) - 1})"
+        )
+    p = _predictor(args)
+    p.set_image(slices[k])
+    pred = p.predict(np.array(args.box, dtype=float), task=args.task)
+    mask = pred.masks.any(axis=0)
+    out = write_mask(args.out, mask)
+    used = pred.task or "SAM"
+    print(
+        f"{out}: {int(mask.sum())} pixels, task {used} ({pred.route}), SAM score "
+        f"{float(pred.scores.max()):.3f}"
+    )
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from casam.io import read_pairs
+    from casam.metrics import boundary_iou, iou
+    from casam.preprocess import mask_box
+
+    pairs, skipped = read_pairs(args.images, args.masks, args.label)
+    if not pairs:
+        raise InputError("--masks: every mask slice is empty; there is nothing to evaluate")
+    p = _predictor(args)
+    ious, bious, routed = [], [], Counter()
+    with _progress(len(pairs), "eval") as bar:
+        for pair in pairs:
+            p.set_image(pair.image)
+            pred = p.predict(mask_box(pair.mask), task=args.task)
+            ious.append(iou(pred.masks[0], pair.mask))
+            bious.append(boundary_iou(pred.masks[0], pair.mask))
+            routed[pred.task or "sam"] += 1
+            bar.update()
+    result = {
+        "n_images": len(pairs),
+        "iou": float(np.mean(ious)),
+        "biou": float(np.mean(bious)),
+        "routed": dict(routed),
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        share = ", ".join(f"{k}: {v}" for k, v in routed.most_common())
+        print(
+            f"{len(pairs)} slices ({skipped} empty skipped): IoU {result['iou']:.3f}, "
+            f"Boundary IoU {result['biou']:.3f}; routed to {share}"
+        )
+    return 0
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    lib = _library(args, create=False)
+    identity = None
+    if args.backbone != "all":
+        from casam.checkpoints import backbone_identity
+
+        identity = backbone_identity(args.backbone, args.checkpoint)
+    tasks = lib.tasks(identity)
+    if args.json:
+        print(json.dumps([{**t.to_json(), "active": t.active} for t in tasks]))
+    elif not tasks:
+        print(f"no tasks in {lib.root}")
+    else:
+        print(
+            f"{'task':24} {'images':>6} {'threshold':>9} {'IoU SAM':>8} {'IoU task':>8}  created  "
+            "             backbone"
+        )
+        for t in tasks:
+            note = "" if t.active else "  (other backbone: not used for routing)"
+            print(
+                f"{t.name[:24]:24} {t.n_images:6d} {t.threshold:9.4g} {_fmt(t.iou_sam):>8} "
+                f"{_fmt(t.iou_task):>8}  "
+                f"{t.created[:19]}   {t.backbone}{note}"
+            )
+    if args.verify:
+        for msg in lib.problems():
+            print(f"casam: warning: {msg}", file=sys.stderr)
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    lib = _library(args, create=False)
+    lib.remove(args.name)
+    print(f"removed task '{args.name}' from {lib.root}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    lib = _library(args, create=False)
+    problems = lib.problems()
+    for msg in problems:
+        print(msg)
+    n = len(lib.tasks())
+    print(f"{lib.root}: {n} task(s) readable, {len(problems)} problem(s)", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    out = _library(args, create=False).export(args.name, args.dest)
+    print(f"exported task '{args.name}' to {out}")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    info = _library(args).import_task(args.source, name=args.name, overwrite=args.overwrite)
+    print(f"imported task '{info.name}' ({info.backbone}) into {info.path.parent}")
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from casam.checkpoints import download_checkpoint
+
+    path = download_checkpoint(args.backbone, args.dir)
+    print(f"{path} (SHA-256 verified); use: --backbone {args.backbone} --checkpoint {path}")
+    return 0
