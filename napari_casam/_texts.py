@@ -149,10 +149,11 @@ def describe_route(route: Any, override: str = AUTO, auto_route: bool = False) -
 
 
 def _ratio(route: Any) -> str:
-    score, tau = _float(getattr(route, "score", None)), _float(getattr(route, "threshold", None))
-    if score is None or not tau:
-        return ""
-    return f" (rejected: score {score / tau:.1f}x its threshold)"
+    ratio = _float(getattr(route, "ratio", None))  # the engine's score / threshold
+    if ratio is None:
+        score, tau = _float(getattr(route, "score", None)), _float(route.threshold)
+        ratio = score / tau if score is not None and tau else None
+    return "" if ratio is None else f" (rejected: score {ratio:.1f}x its threshold)"
 
 
 def where_text(name: str, index: tuple[int, ...], n_slices: int) -> str:
