@@ -85,7 +85,8 @@ def main() -> int:
     wait(app, lambda: not dock.busy, 120, "the dock")
     dock.learn.refresh_labels()
     dock.learn.labels.setCurrentText("CT abdomen corrected masks")
-    dock.learn.settings_overrides = {"epochs": 24, "vae_steps": 200}
+    dock.learn.epochs.setValue(24)
+    dock.learn.settings_overrides = {"vae_steps": 200}
     assert dock.learn.learn(name="CT spleen (more slices)"), dock.learn.last_error
     wait(app, lambda: "epoch 2 of" in dock.learn.progress_text.text(), 1800, "epoch 2")
     for _ in range(20):

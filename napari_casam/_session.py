@@ -52,21 +52,10 @@ def needs_checkpoint(backbone: str) -> bool:
 
 
 def available_devices() -> list[str]:
-    """Devices torch can use here, "auto" first (the engine's answer; imports torch)."""
-    from casam import backbones
+    """Devices torch can use here, "auto" first (the engine's registry answers; imports torch)."""
+    from casam.backbones import available_devices as engine_devices
 
-    engine = getattr(backbones, "available_devices", None)
-    if engine is not None:
-        return list(engine())
-    import torch
-
-    out = ["auto", "cpu"]
-    if torch.cuda.is_available():
-        out.append("cuda")
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        out.append("mps")
-    return out
+    return list(engine_devices())
 
 
 def guard_triton() -> None:

@@ -76,7 +76,8 @@ TIPS: dict[str, str] = {
     "learn_progress": "Training stage, epoch, loss and steps.",
     "learn_result": "Outcome of the last training.",
     "table": "Tasks learned with the active backbone: training images, router threshold "
-    "(ELBO), IoU on held-out images of plain SAM versus the task, creation time.",
+    "(ELBO), IoU on held-out images of plain SAM → the task. A task's name tells when it was "
+    "created.",
     "rename": "Give the selected task another name.",
     "delete": "Delete the selected task from the library (asks first).",
     "import": "Add a task exported elsewhere (a .casamtask file).",
@@ -148,10 +149,11 @@ def describe_route(route: Any, override: str = AUTO, auto_route: bool = False) -
 
 
 def _ratio(route: Any) -> str:
-    score, tau = _float(getattr(route, "score", None)), _float(getattr(route, "threshold", None))
-    if score is None or not tau:
-        return ""
-    return f" (rejected: score {score / tau:.1f}x its threshold)"
+    ratio = _float(getattr(route, "ratio", None))  # the engine's score / threshold
+    if ratio is None:
+        score, tau = _float(getattr(route, "score", None)), _float(route.threshold)
+        ratio = score / tau if score is not None and tau else None
+    return "" if ratio is None else f" (rejected: score {ratio:.1f}x its threshold)"
 
 
 def where_text(name: str, index: tuple[int, ...], n_slices: int) -> str:
@@ -249,13 +251,15 @@ def describe_result(info: Any, seconds: float) -> str:
 
 
 # ---- the task table -------------------------------------------------------------------------
-COLUMNS = ("Task", "Images", "Threshold", "IoU SAM→task", "Created")
+COLUMNS = ("Task", "Images", "Threshold", "IoU", "Created")
+#: Hidden in the narrow dock (the task name's tooltip says when it was created).
+HIDDEN_COLUMNS = (4,)
 EXPORT_FILTER = "CA-SAM task (*.casamtask)"
 
 
 def task_row(info: Any) -> list[str]:
     """The table cells of one ``casam.TaskInfo``."""
-    iou = f"{fmt(info.iou_sam)} → {fmt(info.iou_task)}"
+    iou = f"{fmt(info.iou_sam)}→{fmt(info.iou_task)}"
     created = str(getattr(info, "created", ""))[:10]
     return [info.name, str(info.n_images), fmt_g(info.threshold), iou, created]
 

@@ -8,11 +8,12 @@ in tests), the engine through a ``Session`` (a fake one in tests), jobs through 
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from psygnal import Signal
@@ -30,6 +31,8 @@ from napari_casam._layers import (
 )
 from napari_casam._model import boxes as B
 from napari_casam._model import labels as L
+from napari_casam._model.layers import Layers
+from napari_casam._model.quality import low_confidence
 from napari_casam._model.routing import RouteState
 from napari_casam._notify import notify
 
@@ -39,36 +42,9 @@ if TYPE_CHECKING:
 
 #: Undo compares the masks before and after (to find the slice it changed) up to this size.
 UNDO_DIFF_BYTES = 256 << 20
-#: A mask is "low confidence" below this SAM IoU estimate, or below this fraction of its box.
-LOW_SCORE = 0.5
-LOW_FILL = 0.05
 
 
-def low_confidence(res: Segmented) -> list[int]:
-    """Which masks of a result to check: SAM's own IoU estimate is low, or the mask is tiny
-    against its box (a box over empty air)."""
-    out = []
-    for i, m in enumerate(np.asarray(res.masks, dtype=bool)):
-        score = float(res.scores[i]) if i < len(res.scores) else 1.0
-        fill = 1.0
-        if res.boxes is not None and i < len(res.boxes):
-            x0, y0, x1, y1 = res.boxes[i]
-            fill = m.sum() / max((x1 - x0 + 1) * (y1 - y0 + 1), 1.0)
-        if score < LOW_SCORE or fill < LOW_FILL:
-            out.append(i)
-    return out
-
-
-class Layers(Protocol):
-    """How the model finds an image and its linked layers (by the image's token)."""
-
-    def image(self, token: str | None) -> Any: ...
-    def masks(self, image: Any) -> Any: ...
-    def prompts(self, image: Any) -> Any: ...
-    def ensure_masks(self, image: Any) -> Any: ...
-    def current_index(self, image: Any) -> Index: ...
-    def show_plane(self, image: Any, index: Index) -> None: ...
-    def token(self, image: Any) -> str: ...
+log = logging.getLogger(__name__)
 
 
 class DockModel:
@@ -172,9 +148,7 @@ class DockModel:
         from casam.errors import CasamError
 
         if not isinstance(exc, CasamError):
-            import logging
-
-            logging.getLogger(__name__).error("napari-casam: routing failed", exc_info=exc)
+            log.error("napari-casam: routing failed", exc_info=exc)
         self._set_route(RouteState(self.token, self.current_index(), None, str(exc)))
 
     # ---- segmentation -----------------------------------------------------------------------
@@ -412,9 +386,7 @@ class DockModel:
             self.notify("warning", str(exc))
             self.set_status(str(exc))
             return
-        import logging
-
-        logging.getLogger(__name__).error("napari-casam: background job failed", exc_info=exc)
+        log.error("napari-casam: background job failed", exc_info=exc)
         self.notify("error", f"CA-SAM: {type(exc).__name__}: {exc}")
         self.set_status(f"Failed: {exc}")
 
@@ -422,10 +394,5 @@ class DockModel:
         """Stop every job and tell the views nothing more (they are going away)."""
         self._cancel.set()
         self.jobs.close()
-        for signal in (
-            self.route_changed,
-            self.status_changed,
-            self.job_changed,
-            self.cancellable,
-        ):
+        for signal in (self.route_changed, self.status_changed, self.job_changed, self.cancellable):
             signal.disconnect()

@@ -22,7 +22,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_casam._notify import notify as _notify
-from napari_casam._texts import COLUMNS, EXPORT_FILTER, TIPS, iou_tip, task_row
+from napari_casam._texts import COLUMNS, EXPORT_FILTER, HIDDEN_COLUMNS, TIPS, iou_tip, task_row
 
 if TYPE_CHECKING:
     from napari_casam._session import Session
@@ -50,6 +50,10 @@ class LibraryPanel(QWidget):
         for c in range(1, len(COLUMNS)):
             header.setSectionResizeMode(c, QHeaderView.ResizeToContents)
         self.table.setToolTip(TIPS["table"])
+        self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        self.table.setTextElideMode(Qt.ElideRight)
+        for c in HIDDEN_COLUMNS:
+            self.table.setColumnHidden(c, True)
         self.table.setMinimumHeight(90)
         layout.addWidget(self.table)
 
@@ -93,8 +97,8 @@ class LibraryPanel(QWidget):
                 item = QTableWidgetItem(text if c or not refused else f"{text} (refused)")
                 if c:
                     item.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
-                if c == 4:
-                    item.setToolTip(f"Created {info.created}")
+                if c in (0, 4):
+                    item.setToolTip(f"{info.name} · created {info.created}")
                 if c == 3 and info.iou_task is not None and info.iou_sam is not None:
                     item.setToolTip(iou_tip(info))
                 if refused:

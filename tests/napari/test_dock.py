@@ -47,6 +47,7 @@ def test_dock_opens_through_the_manifest_with_its_layers(ct_viewer, open_dock):
     assert "LiteMedSAM" in w.model.status.text()
     # routing of the slice in view, with no task learned yet
     assert w.card.text.headline == "SAM fallback"
+    assert "turn on" not in w.card.text.detail  # "Route the slice in view" is on
     assert f"slice {SLICE} / 28" in w.card.where.text()  # as napari's slider numbers it
 
 

@@ -264,3 +264,17 @@ def test_the_model_never_imports_qt():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_busy_states_have_words(dock):
+    seen = []
+    dock.job_changed.connect(lambda text, done, total: seen.append((text, total)))
+    dock.session.route_for[(2,)] = None  # not embedded yet: the card waits for it
+    dock.update_route()
+    assert ("Computing the image embedding…", 0) in seen  # busy, without a count
+    dock.forget_route()
+    text = dock.shown[-1][0]
+    assert text.headline == "Not routed yet" and "routing it now" in text.detail
+    dock.auto_route = False
+    dock.show_route()
+    assert "turn on “Route the slice in view”" in dock.shown[-1][0].detail

@@ -44,6 +44,11 @@ def test_learn_a_task_from_a_labels_layer(
     # the library panel lists it, the override offers it, routing uses it
     assert w.library.names() == ["CT spleen"]
     assert w.override.findData("CT spleen") >= 0
+    # the new task is selected, its buttons usable, and the model panel counts it
+    assert w.library.selected_name() == "CT spleen"
+    assert w.library.rename_btn.isEnabled() and w.library.export_btn.isEnabled()
+    assert "· 1 task ·" in w.model.status.text(), w.model.status.text()
+    assert "epoch" in w.learn.progress_text.text() or w.learn.progress_text.text() == "Done"
     viewer.dims.set_current_step(0, UNSEEN)
     wait_idle(w)
     assert w.card.text.headline == "CT spleen", w.card.text
