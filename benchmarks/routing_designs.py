@@ -49,7 +49,7 @@ def view(data: dict, name: str, part: str, v: str, norm: bool) -> np.ndarray:
         if norm:
             parts = [a / (np.linalg.norm(a) + 1e-9) for a in parts]
         rows.append(np.concatenate(parts))
-    return np.array(rows).reshape(len(rows), -1)
+    return np.array(rows) if rows else np.zeros((0, 0))
 
 
 # ---- scorers -------------------------------------------------------------------------------
@@ -103,10 +103,12 @@ def fitted(d: Design, data: dict, cache: dict) -> dict:
     out = {}
     for t in data["tasks"]:
         parts = ("vae", "knn") if d.score == "and" else (d.score,)
+        fit = view(data, t.name, "fit", d.view, d.norm)
+        if len(fit) < 5:  # not embedded (yet): the task is not learned
+            continue
         out[t.name] = []
         for s in parts:
             dd = dataclasses.replace(d, score=s)
-            fit = view(data, t.name, "fit", d.view, d.norm)
             sc = make_scorer(dd, fit, cache)
             cal = sc.heldout
             if d.aug:
@@ -138,6 +140,8 @@ def evaluate(d: Design, data: dict, cache: dict, split: str) -> dict:
     own = wrong = tot = 0
     per_task = {}
     for t in data["tasks"]:
+        if t.name not in model:
+            continue
         routes = decide(ratios(model, data, t.name, split, d), names)
         c = sum(r == t.name for r in routes)
         w = sum(r is not None and r != t.name for r in routes)
