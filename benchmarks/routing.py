@@ -137,6 +137,9 @@ def main(argv=None) -> int:
         help="embedding budget: images not embedded by then are left out (val, aug come last)",
     )
     ap.add_argument("--json", default=str(HERE / "results" / "routing.json"))
+    ap.add_argument("--md", default=str(HERE.parent / "docs" / "benchmark-quality.md"))
+    ap.add_argument("--chosen", default=None, help="design name whose tables are written out")
+    ap.add_argument("--note", action="append", default=[], help="a note for the markdown")
     args = ap.parse_args(argv)
     run = {"machine": machine()}
     data = build_features(args.data_cache, args.budget_s)
@@ -145,12 +148,33 @@ def main(argv=None) -> int:
         return 0
     import routing_designs
 
+    run["n_images"] = sum(len(v) for v in data["keys"].values())
+    run["parts"] = {f"{n}/{p}": len(v) for (n, p), v in data["keys"].items()}
     run.update(routing_designs.compare(data))
+    run["chosen"] = args.chosen
+    run["notes"] = args.note
     run["machine"]["load_avg_1m_at_end"] = round(__import__("os").getloadavg()[0], 2)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(run, indent=1, default=str))
-    print(routing_designs.render(run))
+    section = routing_designs.render(run)
+    if args.md:
+        write_section(Path(args.md), section)
+    print(section)
     return 0
+
+
+BEGIN, END = "<!-- routing.py: begin -->", "<!-- routing.py: end -->"
+
+
+def write_section(md: Path, section: str) -> None:
+    """Replace (or append) this script's section of ``md`` between its markers."""
+    text = md.read_text() if md.is_file() else ""
+    block = f"{BEGIN}\n{section}{END}\n"
+    if BEGIN in text and END in text:
+        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END) + 1 :]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    md.write_text(text)
 
 
 if __name__ == "__main__":
