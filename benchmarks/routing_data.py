@@ -109,7 +109,8 @@ def _synthetic(seed: int) -> list[tuple[str, str, np.ndarray]]:
         ("noise", f"noise_gauss_{seed}", np.clip(rng.normal(128, 40, (256, 256)), 0, 255)),
         ("noise", f"noise_uniform_{seed}", rng.uniform(0, 255, (256, 256))),
         ("noise", f"noise_rgb_{seed}", rng.uniform(0, 255, (256, 256, 3))),
-        ("flat", f"flat_{seed}", np.full((256, 256), 40.0 + 80 * (seed % 3))),
+        # a constant image is refused by casam's input check: nearly flat (sensor noise)
+        ("flat", f"flat_{seed}", 40.0 + 80 * (seed % 3) + rng.normal(0, 1.0, (256, 256))),
         ("flat", f"gradient_{seed}", np.tile(g if seed % 2 else g[::-1], (256, 1))),
     ]
 
