@@ -214,7 +214,7 @@ def main(argv=None) -> int:
         run = json.loads(Path(args.render).read_text())
         run["notes"] = run.get("notes", []) + args.note
         Path(args.render).write_text(json.dumps(run, indent=1, default=str))
-        Path(args.md).write_text(render(run))
+        write_md(Path(args.md), render(run))
         return 0
     t_start = time.perf_counter()
 
@@ -483,9 +483,19 @@ def main(argv=None) -> int:
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(run, indent=1, default=str))
     Path(args.md).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.md).write_text(render(run))
+    write_md(Path(args.md), render(run))
     print(render(run))
     return 0
+
+
+def write_md(md: Path, text: str) -> None:
+    """Write the report, keeping the section that ``routing.py`` maintains in the same file."""
+    from routing import BEGIN, END
+
+    old = md.read_text() if md.is_file() else ""
+    if BEGIN in old and END in old:
+        text += "\n" + old[old.index(BEGIN) : old.index(END) + len(END)] + "\n"
+    md.write_text(text)
 
 
 def order_list(spec: str, names: list[str]) -> tuple[str, list[str]]:

@@ -1,0 +1,298 @@
+"""Router designs compared by ``routing.py`` on cached pooled features (no encoder calls).
+
+A design turns each task's fit features into a scorer and a threshold; an image goes to the task
+with the lowest score / threshold ratio when that ratio is at most 1, else to plain SAM. Scores:
+
+- ``vae``: the engine's VAE (``casam.router.fit_router``, 5-fold thresholds) on one view;
+- ``knn``: cosine distance to the nearest stored training feature of the task (exemplar-free:
+  pooled features only), threshold from the leave-one-out nearest distances;
+- ``and``: both must accept (ratio = the larger of the two ratios).
+
+Thresholds: ``q`` percentile of the held-out scores x ``margin``; with ``aug`` the calibration
+scores also include the task's augmented copies (scored by a model fitted without them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+import torch
+
+VIEWS = {
+    "attn": ("attn",),
+    "mean+std": ("mean", "std"),
+    "attn+std+max": ("attn", "std", "max"),
+    "grid2+std": ("grid2", "std"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Design:
+    name: str
+    score: str  # vae, knn, and
+    view: str = "attn"
+    q: float = 97.0
+    margin: float = 1.0
+    aug: bool = False
+    beta: float = 16.5
+    steps: int = 600
+    norm: bool = False  # per-view L2 normalisation (intensity-independent scale)
+
+
+def view(data: dict, name: str, part: str, v: str, norm: bool) -> np.ndarray:
+    keys = data["keys"].get((name, part), [])
+    rows = []
+    for k in keys:
+        parts = [data["store"][k][x].astype(np.float64) for x in VIEWS[v]]
+        if norm:
+            parts = [a / (np.linalg.norm(a) + 1e-9) for a in parts]
+        rows.append(np.concatenate(parts))
+    return np.array(rows) if rows else np.zeros((0, 0))
+
+
+# ---- scorers -------------------------------------------------------------------------------
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    an = a / (np.linalg.norm(a, axis=1, keepdims=True) + 1e-12)
+    bn = b / (np.linalg.norm(b, axis=1, keepdims=True) + 1e-12)
+    return 1.0 - an @ bn.T
+
+
+class KNN:
+    def __init__(self, fit: np.ndarray):
+        self.fit = fit
+        d = _cos(fit, fit)
+        np.fill_diagonal(d, np.inf)
+        self.heldout = d.min(1)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return _cos(x, self.fit).min(1)
+
+
+class VAEScorer:
+    def __init__(self, fit: np.ndarray, beta: float, steps: int):
+        from casam.router import fit_router
+
+        self.scale = float(np.abs(fit).mean()) + 1e-12  # 1/D ||.||^2 is not scale-free
+        f = torch.from_numpy(fit / self.scale).float()
+        kw = dict(steps=steps, batch=32, lr=5e-4, hidden=128, latent=64)
+        self.vae, _, self.heldout = fit_router(f, folds=5, percentile=97, seed=0, beta=beta, **kw)
+        self.beta = beta
+
+    @torch.no_grad()
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        f = torch.from_numpy(x / self.scale).float()
+        return self.vae.neg_elbo(f, self.beta, sample=False).double().numpy()
+
+
+def make_scorer(d: Design, fit: np.ndarray, cache: dict):
+    key = (d.score, d.view, d.norm, d.beta, d.steps, fit.shape, float(fit.sum()))
+    if key not in cache:
+        cache[key] = KNN(fit) if d.score == "knn" else VAEScorer(fit, d.beta, d.steps)
+    return cache[key]
+
+
+# ---- fitting and evaluating a design ---------------------------------------------------------
+
+
+def fitted(d: Design, data: dict, cache: dict) -> dict:
+    """task -> list of (scorer, threshold) (two for ``and`` designs)."""
+    out = {}
+    for t in data["tasks"]:
+        parts = ("vae", "knn") if d.score == "and" else (d.score,)
+        fit = view(data, t.name, "fit", d.view, d.norm)
+        if len(fit) < 5:  # not embedded (yet): the task is not learned
+            continue
+        out[t.name] = []
+        for s in parts:
+            dd = dataclasses.replace(d, score=s)
+            sc = make_scorer(dd, fit, cache)
+            cal = sc.heldout
+            if d.aug:
+                aug = view(data, t.name, "aug", d.view, d.norm)
+                if len(aug):
+                    cal = np.concatenate([cal, sc(aug)])
+            out[t.name].append((sc, float(np.percentile(cal, d.q)) * d.margin))
+    return out
+
+
+def ratios(model: dict, data: dict, name: str, part: str, d: Design) -> np.ndarray:
+    """(N, T) score / threshold of every image of (name, part) under every task."""
+    x = view(data, name, part, d.view, d.norm)
+    if not len(x):
+        return np.zeros((0, len(model)))
+    cols = [np.max([sc(x) / tau for sc, tau in model[t]], axis=0) for t in model]
+    return np.stack(cols, axis=1)
+
+
+def decide(r: np.ndarray, names: list[str]) -> list[str | None]:
+    i = r.argmin(1)
+    return [names[j] if r[k, j] <= 1.0 else None for k, j in enumerate(i)]
+
+
+def evaluate(d: Design, data: dict, cache: dict, split: str) -> dict:
+    t0 = time.perf_counter()
+    model = fitted(d, data, cache)
+    names = list(model)
+    own = wrong = tot = 0
+    per_task = {}
+    for t in data["tasks"]:
+        if t.name not in model:
+            continue
+        routes = decide(ratios(model, data, t.name, split, d), names)
+        c = sum(r == t.name for r in routes)
+        w = sum(r is not None and r != t.name for r in routes)
+        per_task[t.name] = {"n": len(routes), "own": c, "wrong": w, "fallback": len(routes) - c - w}
+        own, wrong, tot = own + c, wrong + w, tot + len(routes)
+    r_ood = ratios(model, data, "ood", split, d)
+    ood_routes = decide(r_ood, names)
+    ood_meta = data["ood"][split]
+    return {
+        "design": dataclasses.asdict(d),
+        "split": split,
+        "own": own / max(tot, 1),
+        "wrong": wrong / max(tot, 1),
+        "n_known": tot,
+        "ood_to_sam": float(np.mean([r is None for r in ood_routes])),
+        "n_ood": len(ood_routes),
+        "per_task": per_task,
+        "ood": [
+            {
+                "kind": k,
+                "name": n,
+                "task": r,
+                "best": names[int(row.argmin())],
+                "ratio": float(row.min()),
+            }
+            for (k, n, _), r, row in zip(ood_meta, ood_routes, r_ood, strict=False)
+        ],
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
+MARGINS = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0)
+
+
+def families() -> list[Design]:
+    """Designs whose threshold margin is tuned on validation (margin 1 here)."""
+    ds = [
+        Design("VAE attn (paper's score), p97", "vae"),
+        Design("VAE attn, p100", "vae", q=100),
+        Design("VAE attn, p100, aug", "vae", q=100, aug=True),
+        Design("VAE mean+std norm, p100", "vae", "mean+std", q=100, norm=True),
+    ]
+    for v in VIEWS:
+        for norm in (False, True):
+            tag = f"{v}{' norm' if norm else ''}"
+            ds.append(Design(f"kNN {tag}, p100", "knn", v, q=100, norm=norm))
+    ds += [
+        Design("kNN attn, p100, aug", "knn", "attn", q=100, aug=True),
+        Design("VAE and kNN attn, p100", "and", "attn", q=100),
+        Design("VAE and kNN attn+std+max, p100", "and", "attn+std+max", q=100),
+    ]
+    return ds
+
+
+def tuned(base: Design, data: dict, cache: dict) -> tuple[Design, list[dict]]:
+    """The largest margin whose validation routing sends every validation OOD image to SAM and
+    no validation image to a wrong task (margin 1 if none does). Returns it and the sweep."""
+    sweep = []
+    for m in MARGINS:
+        d = dataclasses.replace(base, margin=m)
+        sweep.append(evaluate(d, data, cache, "val"))
+    ok = [r for r in sweep if r["ood_to_sam"] == 1.0 and r["wrong"] == 0.0]
+    best = ok[-1] if ok else sweep[0]
+    return dataclasses.replace(base, margin=best["design"]["margin"]), sweep
+
+
+def compare(data: dict) -> dict:
+    cache: dict = {}
+    out: dict = {"val": [], "test": [], "sweeps": {}}
+    fixed = [
+        Design("paper (VAE attn, 1 x p97)", "vae"),
+        Design("shipped today (VAE attn, 1.5 x p97)", "vae", margin=1.5),
+    ]
+    for base in fixed + families():
+        if base in fixed:
+            d = base
+        else:
+            d, out["sweeps"][base.name] = tuned(base, data, cache)
+            d = dataclasses.replace(d, name=f"{base.name} x {d.margin:g} (tuned)")
+        for split in ("val", "test"):
+            out[split].append(evaluate(d, data, cache, split))
+        v, t = out["val"][-1], out["test"][-1]
+        print(
+            f"{d.name:<50} val own {v['own']:.3f} wrong {v['wrong']:.3f} "
+            f"ood {v['ood_to_sam']:.3f} | "
+            f"test own {t['own']:.3f} wrong {t['wrong']:.3f} ood {t['ood_to_sam']:.3f}",
+            flush=True,
+        )
+    return out
+
+
+def route_ms_1000(data: dict, d: Design, cache: dict) -> float:
+    """Median ms to score 1000 features against every task with design ``d``."""
+    import statistics
+
+    model = fitted(d, data, cache)
+    x = np.random.default_rng(0).normal(
+        size=(1000, view(data, data["tasks"][0].name, "fit", d.view, d.norm).shape[1])
+    )
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for t in model:
+            for sc, tau in model[t]:
+                sc(x) / tau
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+def _pct(v: float) -> str:
+    return "–" if v != v else f"{v * 100:.1f}%"
+
+
+def render(run: dict) -> str:
+    """Markdown section for docs/benchmark-quality.md."""
+    m = run["machine"]
+    L = ["## Router designs (`benchmarks/routing.py`)\n"]
+    L.append(
+        f"Machine: {m['cpu']}, {m['cores']} cores; load average {m['load_avg_1m_at_start']} at "
+        f"start, {m.get('load_avg_1m_at_end')} at end (shared machine); {m['date']}. "
+        f"Embeddings: {run.get('n_images')} images, {run.get('embed_seconds')} s of encoder "
+        "time in this run (the rest came from the disk cache); designs compared on the cached "
+        "pooled views.\n"
+    )
+    for note in run.get("notes", []):
+        L.append(f"> {note}\n")
+    L.append(
+        "| design | val own | val wrong | val OOD->SAM | test own | test wrong | test OOD->SAM |"
+    )
+    L.append("|---|---|---|---|---|---|---|")
+    for v, t in zip(run["val"], run["test"], strict=False):
+        L.append(
+            f"| {v['design']['name']} | {_pct(v['own'])} | {_pct(v['wrong'])} | "
+            f"{_pct(v['ood_to_sam'])} | {_pct(t['own'])} | {_pct(t['wrong'])} | "
+            f"{_pct(t['ood_to_sam'])} |"
+        )
+    t0 = run["test"][0]
+    L.append(f"\nKnown test images: {t0['n_known']}; OOD test images: {t0['n_ood']}.\n")
+    for r in [run["test"][0]] + [
+        x for x in run["test"] if x["design"]["name"] == run.get("chosen")
+    ]:
+        L.append(f"\n### {r['design']['name']}: per task (test)\n")
+        L.append("| task | images | own | SAM fallback | wrong task |")
+        L.append("|---|---|---|---|---|")
+        for n, pt in r["per_task"].items():
+            L.append(f"| {n} | {pt['n']} | {pt['own']} | {pt['fallback']} | {pt['wrong']} |")
+        L.append("\n| OOD image | kind | routed to | best task (score / threshold) |")
+        L.append("|---|---|---|---|")
+        for o in r["ood"]:
+            L.append(
+                f"| {o['name']} | {o['kind']} | {o['task'] or 'SAM'} | "
+                f"{o['best']} ({o['ratio']:.2f}) |"
+            )
+    return "\n".join(L) + "\n"
