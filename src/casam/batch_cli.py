@@ -96,8 +96,10 @@ def _show(o: Outcome, as_json: bool) -> None:
 
 def run_batch(args: argparse.Namespace, command: str) -> int:
     """Run ``command`` over every input; print results in input order; exit code = failures."""
-    from casam.runner import execute
+    from casam.runner import execute, load_cluster
 
+    if args.scheduler is not None:
+        load_cluster(args.scheduler)
     units = _units(args, command)
     as_json = bool(getattr(args, "json", False))
     show = (lambda o: None) if command == "eval" else (lambda o: _show(o, as_json))

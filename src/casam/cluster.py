@@ -23,26 +23,11 @@ from distributed import WorkerPlugin
 
 from casam.batch import Outcome, Unit, run_unit
 from casam.errors import InputError
-from casam.runner import cpu_count, in_order
+from casam.runner import cpu_count, in_order, parse_scheduler
 
 PLUGIN = "casam-predictor"
 #: How often the scheduler may lose a worker while running one unit before giving up on it.
 ALLOWED_FAILURES = 3
-
-
-def parse_scheduler(spec: str) -> tuple[str, int | None]:
-    """``"local"`` / ``"local:N"`` -> ("local", N); ``"tcp://HOST:PORT"`` -> (address, None)."""
-    if spec == "local" or spec.startswith("local:"):
-        n_raw = spec.partition(":")[2] or str(max(1, cpu_count() // 2))
-        if not n_raw.isdigit() or int(n_raw) < 1:
-            raise InputError(f"--scheduler {spec}: N in local:N must be a whole number >= 1")
-        return "local", int(n_raw)
-    scheme, sep, rest = spec.partition("://")
-    if not sep or scheme not in ("tcp", "tls", "ucx", "inproc") or not rest:
-        raise InputError(
-            f"--scheduler {spec}: give local, local:N or tcp://HOST:PORT of a running scheduler"
-        )
-    return spec, None
 
 
 class PredictorPlugin(WorkerPlugin):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from casam.batch import Outcome, Unit, leftover_tmp, run_unit
+from casam.errors import InputError
 
 
 def cpu_count() -> int:
@@ -22,6 +23,21 @@ def cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - macOS / Windows
         return os.cpu_count() or 1
+
+
+def parse_scheduler(spec: str) -> tuple[str, int | None]:
+    """``"local"`` / ``"local:N"`` -> ("local", N); ``"tcp://HOST:PORT"`` -> (address, None)."""
+    if spec == "local" or spec.startswith("local:"):
+        n_raw = spec.partition(":")[2] or str(max(1, cpu_count() // 2))
+        if not n_raw.isdigit() or int(n_raw) < 1:
+            raise InputError(f"--scheduler {spec}: N in local:N must be a whole number >= 1")
+        return "local", int(n_raw)
+    scheme, sep, rest = spec.partition("://")
+    if not sep or scheme not in ("tcp", "tls", "ucx", "inproc") or not rest:
+        raise InputError(
+            f"--scheduler {spec}: give local, local:N or tcp://HOST:PORT of a running scheduler"
+        )
+    return spec, None
 
 
 @dataclass
@@ -68,6 +84,18 @@ def in_order(pairs: Iterator[tuple[int, Outcome]], n: int) -> Iterator[Outcome]:
         raise RuntimeError(f"only {nxt} of {n} outcomes arrived")
 
 
+def load_cluster(scheduler: str) -> Any:
+    """:mod:`casam.cluster` after checking ``scheduler``; a one-line error without Dask."""
+    parse_scheduler(scheduler)
+    try:
+        from casam import cluster
+    except ImportError:
+        raise InputError(
+            "--scheduler needs Dask distributed: pip install 'napari-casam[cluster]'"
+        ) from None
+    return cluster
+
+
 def run_serial(
     predictor: Any, command: str, units: Sequence[Unit], opts: dict[str, Any]
 ) -> Iterator[Outcome]:
@@ -106,7 +134,7 @@ def execute(
 
         client, stream_of = None, run_serial(Predictor(**predictor_kwargs), command, units, opts)
     else:
-        from casam import cluster
+        cluster = load_cluster(scheduler)
 
         client = cluster.open_client(scheduler, predictor_kwargs)
         link = cluster.dashboard(client)

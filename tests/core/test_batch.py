@@ -22,7 +22,7 @@ from casam.batch import (
     with_outputs,
 )
 from casam.errors import InputError
-from casam.runner import Progress, in_order, remove_leftovers, run_serial
+from casam.runner import Progress, in_order, parse_scheduler, remove_leftovers, run_serial
 
 
 class FakePredictor:
@@ -212,3 +212,30 @@ def test_progress_reports_done_failed_rate_and_eta():
     line = pr.line(now=pr.start + 2.0)
     assert line == "casam: 2/4 done, 1 failed, 1.00 inputs/s, ETA 2 s"
     assert out.getvalue().count("\n") == 2
+
+
+@pytest.mark.parametrize(
+    "spec, parsed",
+    [("local", ("local", 1)), ("local:3", ("local", 3)), ("tcp://h:1", ("tcp://h:1", None))],
+)
+def test_scheduler_specs(spec, parsed, monkeypatch):
+    monkeypatch.setattr("casam.runner.cpu_count", lambda: 2)
+    assert parse_scheduler(spec) == parsed
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["route", "{d}/a.npy", "--scheduler", "local:0"], "local:N must be a whole number"),
+        (["route", "{d}/a.npy", "--scheduler", "http://x"], "give local, local:N or tcp://"),
+        (["segment", "{d}/a.npy", "{d}/b.npy", "--out", "{d}/none"], "folder"),
+        (["eval", "--images", "{d}/m.jsonl", "--scheduler", "local"], "--masks"),
+    ],
+)
+def test_batch_usage_errors_are_one_line_exit_2(files, capsys, argv, needle):
+    from casam.cli import main
+
+    (files / "m.jsonl").write_text('{"image": "a.npy"}\n')
+    code = main([a.format(d=files) for a in argv] + ["--library", str(files / "lib")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and needle in err[0], err
