@@ -151,6 +151,15 @@ def dashboard(client: Any) -> str | None:
     """The dashboard's address, or None when the scheduler serves none (no bokeh)."""
     try:
         info = client.scheduler_info()
-        return client.dashboard_link if info.get("services", {}).get("dashboard") else None
+        if not info.get("services", {}).get("dashboard"):
+            return None
+        served = client.run_on_scheduler(_has_bokeh)
+        return client.dashboard_link if served else None
     except Exception:  # noqa: BLE001 - best effort, only for a hint
         return None
+
+
+def _has_bokeh() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("bokeh") is not None

@@ -208,7 +208,9 @@ def reference(data):
     """Masks of the 4 slices from the serial batch run (no Dask), the ground truth of validity."""
     ref = data / "ref"
     ref.mkdir()
-    casam("segment", *sorted((data / "img").iterdir()), "--out", ref, "--library", data / "lib",
+    rows = [{"image": str(p), "mask": str(data / "msk" / p.name)} for p in (data / "img").iterdir()]
+    (data / "ref.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    casam("segment", data / "ref.jsonl", "--out", ref, "--library", data / "lib",
           "--cache", data / "cache")  # fmt: skip
     return ref
 
