@@ -62,9 +62,14 @@ class PredictorPlugin(WorkerPlugin):
                 from casam.predictor import Predictor
 
                 torch.set_num_threads(int(self.torch_threads or 1))
+                kwargs = dict(self.kwargs)
+                if isinstance(kwargs.get("library"), str):
+                    from casam.library import TaskLibrary
+
+                    kwargs["library"] = TaskLibrary(kwargs["library"], read_only=True)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", FutureWarning)
-                    self._predictor = Predictor(**self.kwargs)
+                    self._predictor = Predictor(**kwargs)
             return self._predictor
 
     def teardown(self, worker: Any) -> None:

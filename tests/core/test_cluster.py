@@ -88,7 +88,7 @@ def cluster():
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """Four real slices (2 CT lung, 2 MR brain) as files, their masks, a one-task library."""
-    from casam.backbones import get_backbone
+    from casam.checkpoints import backbone_identity
     from casam.library import TaskLibrary, new_task_info
     from casam.router import VAE
 
@@ -111,7 +111,7 @@ def data(tmp_path_factory):
     router["features"] = torch.randn(6, 256)
     with torch.no_grad():
         own = vae.neg_elbo(router["features"], 16.5, sample=False).numpy()
-    identity = get_backbone("litemedsam", None, "cpu").identity
+    identity = backbone_identity("litemedsam")
     info = new_task_info(
         "probe",
         backbone=identity,

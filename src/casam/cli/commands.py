@@ -6,12 +6,12 @@ import argparse
 import json
 import math
 import sys
-from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from casam.batch import eval_summary
 from casam.batch_cli import run_batch, wants_batch
 from casam.errors import InputError
 
@@ -209,29 +209,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not pairs:
         raise InputError("--masks: every mask slice is empty; there is nothing to evaluate")
     p = _predictor(args)
-    ious, bious, routed = [], [], Counter()
+    ious, bious, tasks = [], [], []
     with _progress(len(pairs), "eval") as bar:
         for pair in pairs:
             p.set_image(pair.image)
             pred = p.predict(mask_box(pair.mask), task=args.task)
             ious.append(iou(pred.masks[0], pair.mask))
             bious.append(boundary_iou(pred.masks[0], pair.mask))
-            routed[pred.task or "sam"] += 1
+            tasks.append(pred.task or "sam")
             bar.update()
-    result = {
-        "n_images": len(pairs),
-        "iou": float(np.mean(ious)),
-        "biou": float(np.mean(bious)),
-        "routed": dict(routed),
-    }
-    if args.json:
-        print(json.dumps(result))
-    else:
-        share = ", ".join(f"{k}: {v}" for k, v in routed.most_common())
-        print(
-            f"{len(pairs)} slices ({skipped} empty skipped): IoU {result['iou']:.3f}, "
-            f"Boundary IoU {result['biou']:.3f}; routed to {share}"
-        )
+    result, text = eval_summary(ious, bious, tasks, skipped)
+    print(json.dumps(result) if args.json else text)
     return 0
 
 
