@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+import torch
+from casam_testing import alignment_state, make_info, router_state
 
 pytestmark = pytest.mark.slow
 
@@ -89,8 +91,8 @@ def cluster():
 def data(tmp_path_factory):
     """Four real slices (2 CT lung, 2 MR brain) as files, their masks, a one-task library."""
     from casam.checkpoints import backbone_identity
-    from casam.library import TaskLibrary, new_task_info
-    from casam.router import VAE
+    from casam.library import TaskLibrary
+    from casam.task_tensors import vae_from_state
 
     root = tmp_path_factory.mktemp("cluster")
     for sub in ("img", "msk", "out"):
@@ -101,32 +103,13 @@ def data(tmp_path_factory):
         for k in ks:
             np.save(root / "img" / f"{kind}_{k:02d}.npy", images[k])
             np.save(root / "msk" / f"{kind}_{k:02d}.npy", masks[k])
-    import torch
-
-    from casam.alignment import AlignmentLayer
-
-    torch.manual_seed(0)
-    vae = VAE()
-    router = {f"vae.{k}": v.clone() for k, v in vae.state_dict().items()}
-    router["features"] = torch.randn(6, 256)
+    router = router_state(seed=0)
     with torch.no_grad():
-        own = vae.neg_elbo(router["features"], 16.5, sample=False).numpy()
-    identity = backbone_identity("litemedsam")
-    info = new_task_info(
-        "probe",
-        backbone=identity,
-        threshold=float(np.percentile(own, 97)),
-        blocks=1,
-        n_images=6,
-        n_objects=6,
-        iou_sam=0.5,
-        iou_task=0.5,
-        biou_sam=0.3,
-        biou_task=0.3,
-        n_holdout=0,
-        settings={"beta": 16.5},
+        own = vae_from_state(router).neg_elbo(router["features"], 16.5, sample=False).numpy()
+    info = make_info(
+        "probe", backbone_identity("litemedsam"), threshold=float(np.percentile(own, 97))
     )
-    TaskLibrary(root / "lib").save(info, AlignmentLayer(1).state_dict(), router)
+    TaskLibrary(root / "lib").save(info, alignment_state(), router)
     return root
 
 
