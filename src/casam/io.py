@@ -179,7 +179,7 @@ def write_mask(path: str | Path, mask: np.ndarray) -> Path:
         elif sfx in (".tif", ".tiff"):
             import tifffile
 
-            tifffile.imwrite(tmp, m, compression="zlib")
+            tifffile.imwrite(tmp, m, compression="zlib", photometric="minisblack")
         elif sfx == ".npy":
             with open(tmp, "wb") as f:
                 np.save(f, m, allow_pickle=False)

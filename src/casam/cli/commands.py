@@ -6,12 +6,13 @@ import argparse
 import json
 import math
 import sys
-from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from casam.batch import eval_summary
+from casam.batch_cli import run_batch, wants_batch
 from casam.errors import InputError
 
 
@@ -145,6 +146,8 @@ def _image_slices(paths: Sequence[str]) -> list[tuple[str, np.ndarray]]:
 
 
 def cmd_route(args: argparse.Namespace) -> int:
+    if wants_batch(args, "route"):
+        return run_batch(args, "route")
     items = _image_slices(args.images)
     p = _predictor(args)
     with _progress(len(items), "route") as bar:
@@ -161,7 +164,11 @@ def cmd_route(args: argparse.Namespace) -> int:
 def cmd_segment(args: argparse.Namespace) -> int:
     from casam.io import expand_paths, read_slices, write_mask
 
-    path = expand_paths([args.image], "IMAGE")
+    if wants_batch(args, "segment"):
+        return run_batch(args, "segment")
+    if not args.box:
+        raise InputError("--box: give at least one box X0 Y0 X1 Y1")
+    path = expand_paths(args.image, "IMAGE")
     if len(path) != 1:
         raise InputError(f"IMAGE: give one image file, not a folder of {len(path)} files")
     slices = read_slices(path[0])
@@ -194,34 +201,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from casam.metrics import boundary_iou, iou
     from casam.preprocess import mask_box
 
+    if wants_batch(args, "eval"):
+        return run_batch(args, "eval")
+    if not args.masks:
+        raise InputError("--masks: give one mask file per image file")
     pairs, skipped = read_pairs(args.images, args.masks, args.label)
     if not pairs:
         raise InputError("--masks: every mask slice is empty; there is nothing to evaluate")
     p = _predictor(args)
-    ious, bious, routed = [], [], Counter()
+    ious, bious, tasks = [], [], []
     with _progress(len(pairs), "eval") as bar:
         for pair in pairs:
             p.set_image(pair.image)
             pred = p.predict(mask_box(pair.mask), task=args.task)
             ious.append(iou(pred.masks[0], pair.mask))
             bious.append(boundary_iou(pred.masks[0], pair.mask))
-            routed[pred.task or "sam"] += 1
+            tasks.append(pred.task or "sam")
             bar.update()
-    result = {
-        "n_images": len(pairs),
-        "iou": float(np.mean(ious)),
-        "biou": float(np.mean(bious)),
-        "routed": dict(routed),
-    }
-    if args.json:
-        print(json.dumps(result))
-    else:
-        share = ", ".join(f"{k}: {v}" for k, v in routed.most_common())
-        print(
-            f"{len(pairs)} slices ({skipped} empty skipped): IoU {result['iou']:.3f}, "
-            f"Boundary IoU {result['biou']:.3f}; routed to {share}"
-        )
+    result, text = eval_summary(ious, bious, tasks, skipped)
+    print(json.dumps(result) if args.json else text)
     return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    return run_batch(args, "embed")
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:

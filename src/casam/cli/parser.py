@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from casam import __version__
+from casam.batch_cli import add_options
 from casam.cli import commands as c
 
 EXIT_USAGE = 2
@@ -102,32 +103,46 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
     sp.add_argument("images", nargs="+", metavar="IMAGE")
     sp.add_argument("--json", action="store_true", help="one JSON object per image per line")
+    add_options(sp, "route")
     sp.set_defaults(func=c.cmd_route)
+
+    sp = sub.add_parser("embed", help="fill the embedding cache for images (reused by all runs)")
+    common(sp)
+    sp.add_argument("images", nargs="+", metavar="IMAGE")
+    sp.add_argument("--json", action="store_true", help="one JSON object per input per line")
+    add_options(sp, "embed")
+    sp.set_defaults(func=c.cmd_embed)
 
     sp = sub.add_parser("segment", help="segment the object in a box")
     common(sp)
-    sp.add_argument("image", metavar="IMAGE")
+    sp.add_argument("image", nargs="+", metavar="IMAGE")
     sp.add_argument(
         "--box",
         nargs=4,
         type=float,
         action="append",
-        required=True,
+        default=None,
         metavar=("X0", "Y0", "X1", "Y1"),
         help="box in image pixels (repeat for several objects; their masks are merged)",
     )
     sp.add_argument("--task", default="auto", help="auto (route), sam (plain SAM) or a task name")
     sp.add_argument("--slice", type=int, default=None, help="slice index for a volume")
-    sp.add_argument("--out", required=True, help="mask file to write (.png, .tif, .npy)")
+    sp.add_argument(
+        "--out",
+        required=True,
+        help="mask file to write (.png, .tif, .npy); with several inputs, a folder for <name>.tif",
+    )
+    add_options(sp, "segment")
     sp.set_defaults(func=c.cmd_segment)
 
     sp = sub.add_parser("eval", help="IoU of box prompts (each mask's bounding box) against masks")
     common(sp)
     sp.add_argument("--images", nargs="+", required=True, metavar="PATH")
-    sp.add_argument("--masks", nargs="+", required=True, metavar="PATH")
+    sp.add_argument("--masks", nargs="+", default=None, metavar="PATH")
     sp.add_argument("--label", type=int, default=None)
     sp.add_argument("--task", default="auto", help="auto (route), sam (plain SAM) or a task name")
     sp.add_argument("--json", action="store_true")
+    add_options(sp, "eval")
     sp.set_defaults(func=c.cmd_eval)
 
     sp = sub.add_parser("tasks", help="list the tasks of a library")

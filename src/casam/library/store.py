@@ -60,7 +60,11 @@ from casam.library.recovery import check_format, cleanup_stale
 class TaskLibrary:
     """A folder of tasks. Safe for several processes at once (changes happen under a file lock)."""
 
-    def __init__(self, root: str | Path | None = None, create: bool = True):
+    def __init__(
+        self, root: str | Path | None = None, create: bool = True, read_only: bool = False
+    ):
+        """``read_only``: never create, tidy or lock (a batch worker only reads tasks)."""
+        create = create and not read_only
         self.root = (
             Path(root).expanduser() if root is not None else default_library_dir()
         ).absolute()
@@ -80,7 +84,8 @@ class TaskLibrary:
                 f"library folder {shown(self.root)} does not exist; learn a task into it first"
             )
         check_format(self.root, create)
-        self._tidy()
+        if not read_only:
+            self._tidy()
 
     # ---- format and locking ----------------------------------------------------------------
     @contextmanager
