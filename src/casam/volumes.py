@@ -115,7 +115,7 @@ def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     for line in text.splitlines():
         line = line.strip()
-        if line and not line.startswith(("/", "itk::")):
+        if line and "Exception thrown" not in line and not line.startswith(("/", "itk::")):
             return line[:120]
     return type(e).__name__
 
@@ -142,14 +142,39 @@ def _squeeze_to_3d(img: sitk.Image, path: Path) -> sitk.Image:
     return img
 
 
+def _check_nifti_complete(path: Path) -> None:
+    """SimpleITK pads a truncated NIfTI with zeros: check the data is all there first."""
+    import gzip
+
+    import nibabel as nib
+
+    try:
+        header = nib.load(str(path)).header
+    except Exception as e:  # noqa: BLE001 - nibabel raises many kinds on a broken header
+        raise OSError(f"unreadable NIfTI header: {_first_line(e)}") from None
+    shape = header.get_data_shape()
+    need = int(header.get_data_offset()) + int(np.prod(shape)) * header.get_data_dtype().itemsize
+    if suffix_of(path) == ".nii":
+        have = path.stat().st_size
+    else:
+        have = 0
+        with gzip.open(path, "rb") as f:
+            while chunk := f.read(1 << 24):
+                have += len(chunk)
+    if have < need:
+        raise OSError(f"the file is truncated: {have} of {need} bytes")
+
+
 def read_native(path: Path) -> sitk.Image:
     """One NIfTI/NRRD/MetaImage file as a 3-D SimpleITK image on its stored grid."""
     sitk = _sitk()
     if not path.is_file():
         raise InputError(f"{path} does not exist")
     try:
+        if suffix_of(path) in (".nii", ".nii.gz"):
+            _check_nifti_complete(path)
         img = sitk.ReadImage(str(path))
-    except RuntimeError as e:
+    except (RuntimeError, OSError, EOFError) as e:
         raise InputError(
             f"cannot read {path} ({_first_line(e)}); is it a complete {suffix_of(path)} file?"
         ) from None
