@@ -104,6 +104,27 @@ def write_seg(mask: np.ndarray, geo: Geometry, path: Path, names: dict | None = 
     return path
 
 
+def referenced_series(path: Path) -> Path:
+    """A file of the image series a SEG references, searched beside it and one folder up."""
+    from casam.dicom import header_or_none
+
+    ds = header_or_none(path)
+    try:
+        uid = str(ds.ReferencedSeriesSequence[0].SeriesInstanceUID)
+    except (AttributeError, IndexError):
+        raise InputError(f"the DICOM SEG {path} names no source series") from None
+    for folder in (path.parent, path.parent.parent):
+        for p in sorted(folder.rglob("*")):
+            h = header_or_none(p) if p.is_file() and p != path else None
+            if h is not None and str(h.get("SeriesInstanceUID", "")) == uid and "Rows" in h:
+                if str(h.get("SOPClassUID", "")) != SEG_SOP_CLASS:
+                    return p
+    raise InputError(
+        f"the DICOM SEG {path} references series {uid}, which is not in {path.parent} or "
+        f"{path.parent.parent}; open the series first or put the SEG beside it"
+    )
+
+
 def read_seg_like(path: Path, geo: Geometry) -> np.ndarray:
     """The segments of a SEG as a (z, y, x) label array on the grid of its source series."""
     import highdicom as hd
