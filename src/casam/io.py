@@ -1,8 +1,11 @@
 """Reading images, masks and volumes from files; writing masks.
 
-A PATH is a file or a folder (its supported files, sorted by name). 2-D files give one slice;
-3-D ``.tif``/``.npy`` stacks are split along the first axis, ``.nii``/``.nii.gz``/``.nrrd``
-volumes along their slice (last) axis. ``(H, W, 3|4)`` arrays are single RGB(A) images.
+A PATH is a file or a folder (its supported files, sorted by name); a folder of DICOM files is
+one series. 2-D files give one slice; 3-D ``.tif``/``.npy`` stacks are split along the first
+axis. Clinical volumes (``.nii``/``.nii.gz``/``.nrrd``/``.nhdr``/``.mha``/``.mhd`` and DICOM
+series) are read by ``casam.volumes`` in LPS+ order and split into their axial slices (the
+first axis), exactly as the napari reader shows them. ``(H, W, 3|4)`` arrays are single RGB(A)
+images.
 """
 
 from __future__ import annotations
@@ -15,13 +18,16 @@ from pathlib import Path
 import numpy as np
 
 from casam.errors import InputError
+from casam.volumes import VOLUME_SUFFIXES, read_mask_like, read_volume, suffix_of
 
-SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy", ".nii", ".nii.gz", ".nrrd")
+SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy", *VOLUME_SUFFIXES, ".dcm")
 
 
-def suffix_of(path: Path) -> str:
-    name = path.name.lower()
-    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+def is_volume(path: Path) -> bool:
+    """A clinical volume: a volume file, a DICOM file (of a series) or a DICOM folder."""
+    from casam.dicom import looks_like_dicom
+
+    return suffix_of(path) in VOLUME_SUFFIXES or looks_like_dicom(path)
 
 
 def expand_paths(paths: Sequence[str | Path], what: str = "--images") -> list[Path]:
@@ -29,7 +35,9 @@ def expand_paths(paths: Sequence[str | Path], what: str = "--images") -> list[Pa
     out: list[Path] = []
     for raw in paths:
         p = Path(raw).expanduser()
-        if p.is_dir():
+        if p.is_dir() and _is_dicom_folder(p):
+            out.append(p)
+        elif p.is_dir():
             found = sorted(
                 (
                     c
@@ -42,7 +50,7 @@ def expand_paths(paths: Sequence[str | Path], what: str = "--images") -> list[Pa
                 raise InputError(f"{what}: folder {p} has no {'/'.join(SUFFIXES)} files")
             out.extend(found)
         elif p.is_file():
-            if suffix_of(p) not in SUFFIXES:
+            if suffix_of(p) not in SUFFIXES and not is_volume(p):
                 raise InputError(f"{what}: {p} is not a supported file ({' '.join(SUFFIXES)})")
             out.append(p)
         else:
@@ -52,20 +60,24 @@ def expand_paths(paths: Sequence[str | Path], what: str = "--images") -> list[Pa
     return out
 
 
+def _is_dicom_folder(folder: Path) -> bool:
+    """A folder without plain image files whose files are DICOM: one series, not a file list."""
+    from casam.dicom import looks_like_dicom
+
+    plain = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy", *VOLUME_SUFFIXES)
+    if any(c.is_file() and suffix_of(c) in plain for c in folder.iterdir()):
+        return False
+    return looks_like_dicom(folder)
+
+
 def _is_rgb(a: np.ndarray) -> bool:
     return a.ndim == 3 and a.shape[-1] in (3, 4) and a.shape[0] > 4
 
 
-def _split(a: np.ndarray, path: Path, volume_axis_last: bool) -> list[np.ndarray]:
-    if a.ndim == 2:
-        return [np.ascontiguousarray(a.T) if volume_axis_last else a]
-    if _is_rgb(a) and not volume_axis_last:
+def _split(a: np.ndarray, path: Path) -> list[np.ndarray]:
+    if a.ndim == 2 or _is_rgb(a):
         return [a]
-    if a.ndim == 3:
-        if volume_axis_last:
-            return [np.ascontiguousarray(a[:, :, k].T) for k in range(a.shape[2])]
-        return [a[k] for k in range(a.shape[0])]
-    if a.ndim == 4 and a.shape[-1] in (3, 4) and not volume_axis_last:
+    if a.ndim == 3 or (a.ndim == 4 and a.shape[-1] in (3, 4)):
         return [a[k] for k in range(a.shape[0])]
     raise InputError(
         f"{path} holds a {a.ndim}-D array of shape {a.shape}; give 2-D images or 3-D volumes"
@@ -86,15 +98,8 @@ def read_array(path: Path) -> np.ndarray:
             import imageio.v3 as iio
 
             return iio.imread(path)
-        if sfx in (".nii", ".nii.gz"):
-            import nibabel as nib
-
-            return np.asanyarray(nib.load(str(path)).dataobj)
-        if sfx == ".nrrd":
-            import nrrd
-
-            data, _ = nrrd.read(str(path))
-            return data
+        if is_volume(path):
+            return read_volume(path).voxels
     except InputError:
         raise
     except Exception as e:  # noqa: BLE001 - every reader has its own exceptions
@@ -108,7 +113,9 @@ def read_slices(path: Path) -> list[np.ndarray]:
     a = read_array(path)
     if a.size == 0:
         raise InputError(f"{path} is empty (shape {a.shape})")
-    return _split(a, path, suffix_of(path) in (".nii", ".nii.gz", ".nrrd"))
+    if is_volume(path):
+        return list(a)
+    return _split(a, path)
 
 
 def slice_names(path: Path, n: int) -> list[str]:
@@ -141,17 +148,19 @@ def read_pairs(
     mpaths = expand_paths(masks, "--masks")
     if len(ipaths) != len(mpaths):
         raise InputError(
-            f"{len(ipaths)} image files but {len(mpaths)} mask files; give one mask file per image file"
+            f"{len(ipaths)} image files but {len(mpaths)} mask files; "
+            "give one mask file per image file"
         )
     pairs, skipped = [], 0
-    for ip, mp in zip(ipaths, mpaths):
-        islices, mslices = read_slices(ip), read_slices(mp)
+    for ip, mp in zip(ipaths, mpaths, strict=True):
+        islices, mslices = _pair_slices(ip, mp)
         if len(islices) != len(mslices):
             raise InputError(f"{ip} has {len(islices)} slices but its mask {mp} has {len(mslices)}")
-        for name, img, msk in zip(slice_names(ip, len(islices)), islices, mslices):
+        for name, img, msk in zip(slice_names(ip, len(islices)), islices, mslices, strict=True):
             if msk.shape[:2] != img.shape[:2]:
                 raise InputError(
-                    f"{name} is {img.shape[0]}x{img.shape[1]} but its mask ({mp}) is {msk.shape[0]}x{msk.shape[1]}; they must match"
+                    f"{name} is {img.shape[0]}x{img.shape[1]} but its mask ({mp}) is "
+                    f"{msk.shape[0]}x{msk.shape[1]}; they must match"
                 )
             fg = mask_foreground(msk, label)
             if not fg.any() and not keep_empty:
@@ -159,6 +168,14 @@ def read_pairs(
                 continue
             pairs.append(Pair(name, img, fg))
     return pairs, skipped
+
+
+def _pair_slices(ip: Path, mp: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Slices of an image and its mask; a volume's mask must lie on its grid (or be its SEG)."""
+    if is_volume(ip):
+        vol = read_volume(ip)
+        return list(vol.voxels), list(read_mask_like(mp, vol.geometry, f"mask of {ip}:"))
+    return read_slices(ip), read_slices(mp)
 
 
 def write_mask(path: str | Path, mask: np.ndarray) -> Path:

@@ -189,3 +189,26 @@ def test_failed_write_keeps_the_saved_file(tmp_path):
         write_mask_like(msk, vol, tmp_path / "seg.dcm")
     assert "DICOM source" in _one_line(e)
     assert out.read_bytes() == before and not (tmp_path / "seg.dcm").exists()
+
+
+def test_cli_pairs_read_volumes_with_their_masks(tmp_path):
+    from casam.io import read_pairs
+
+    hu, msk, _ = write_ct_series(tmp_path / "ct")
+    vol = read_volume(tmp_path / "ct")
+    write_mask_like(msk, vol, tmp_path / "ct_seg.nii.gz")
+    write_mask_like(msk, vol, tmp_path / "seg.dcm")
+    write_ct_nifti(tmp_path / "scan.nii.gz", theta=0.2)
+    write_ct_nifti(tmp_path / "mask.nii.gz", theta=0.2, mask=True)
+    for images, masks in (
+        ("ct", "ct_seg.nii.gz"),
+        ("ct", "seg.dcm"),
+        ("scan.nii.gz", "mask.nii.gz"),
+    ):
+        pairs, skipped = read_pairs([tmp_path / images], [tmp_path / masks])
+        assert skipped == 0 and len(pairs) == len(hu)
+        assert np.array_equal(np.stack([p.image for p in pairs]), hu)
+        assert np.array_equal(np.stack([p.mask for p in pairs]), msk.astype(bool))
+    with pytest.raises(InputError) as e:
+        read_pairs([tmp_path / "scan.nii.gz"], [tmp_path / "ct_seg.nii.gz"])
+    assert "not on the grid" in _one_line(e) and "scan.nii.gz" in str(e.value)

@@ -104,3 +104,18 @@ def test_dicom_folder_in_a_real_viewer_and_masks_saved_back(make_napari_viewer, 
     (seg_layer,) = viewer.open(str(tmp_path / "seg.dcm"), plugin="napari-casam")
     assert seg_layer.__class__.__name__ == "Labels" and np.array_equal(seg_layer.data, truth)
     assert tuple(seg_layer.translate) == tuple(image.translate)
+
+
+def test_cli_and_napari_reader_give_the_same_array(tmp_path):
+    import SimpleITK as sitk
+
+    from casam.io import read_slices
+
+    write_ct_nifti(tmp_path / "scan.nii.gz", theta=0.3)
+    write_ct_series(tmp_path / "ct", slope=2.0, intercept=-1000.0)
+    sitk.WriteImage(sitk.ReadImage(str(tmp_path / "scan.nii.gz")), str(tmp_path / "scan.nrrd"))
+    for name in ("scan.nii.gz", "scan.nrrd", "ct"):
+        path = str(tmp_path / name)
+        ((data, _, kind),) = get_reader(path)(path)
+        assert kind == "image"
+        assert np.array_equal(np.stack(read_slices(tmp_path / name)), data)
