@@ -172,12 +172,12 @@ def cmd_route(args: argparse.Namespace) -> int:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from casam.io import expand_paths, read_slices, write_mask
+    from casam.io import expand_paths, read_slices_with_geometry, write_slice_mask
 
     path = expand_paths([args.image], "IMAGE")
     if len(path) != 1:
         raise InputError(f"IMAGE: give one image file, not a folder of {len(path)} files")
-    slices = read_slices(path[0])
+    slices, geo = read_slices_with_geometry(path[0])
     if args.slice is None and len(slices) > 1:
         raise InputError(
             f"{path[0]} holds {len(slices)} slices; choose one with --slice K (0..{len(slices) - 1})"
@@ -191,7 +191,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     p.set_image(slices[k])
     pred = p.predict(np.array(args.box, dtype=float), task=args.task)
     mask = pred.masks.any(axis=0)
-    out = write_mask(args.out, mask)
+    out = write_slice_mask(args.out, mask, k, geo)
     used = pred.task or "SAM"
     print(
         f"{out}: {int(mask.sum())} pixels, task {used} ({pred.route}), SAM score {float(pred.scores.max()):.3f}"
@@ -399,7 +399,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--task", default="auto", help="auto (route), sam (plain SAM) or a task name")
     sp.add_argument("--slice", type=int, default=None, help="slice index for a volume")
-    sp.add_argument("--out", required=True, help="mask file to write (.png, .tif, .npy)")
+    sp.add_argument(
+        "--out",
+        required=True,
+        help="mask file to write (.png, .tif, .npy); for a volume IMAGE also .nii.gz, .nrrd, .mha "
+        "or .dcm (DICOM SEG): a volume on the image's grid, zero except slice K",
+    )
     sp.set_defaults(func=cmd_segment)
 
     sp = sub.add_parser("eval", help="IoU of box prompts (each mask's bounding box) against masks")

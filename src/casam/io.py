@@ -18,7 +18,16 @@ from pathlib import Path
 import numpy as np
 
 from casam.errors import InputError
-from casam.volumes import VOLUME_SUFFIXES, read_mask_like, read_volume, suffix_of
+from casam.volumes import (
+    MASK_SUFFIXES,
+    SEG_SUFFIXES,
+    VOLUME_SUFFIXES,
+    Geometry,
+    read_mask_like,
+    read_volume,
+    suffix_of,
+    write_mask_like,
+)
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy", *VOLUME_SUFFIXES, ".dcm")
 
@@ -118,6 +127,29 @@ def read_slices(path: Path) -> list[np.ndarray]:
     return _split(a, path)
 
 
+def read_slices_with_geometry(path: Path) -> tuple[list[np.ndarray], Geometry | None]:
+    """The slices of one file and, for a clinical volume, its geometry (else None)."""
+    if is_volume(path):
+        vol = read_volume(path)
+        return list(vol.voxels), vol.geometry
+    return read_slices(path), None
+
+
+def write_slice_mask(path: str | Path, mask: np.ndarray, k: int, geo: Geometry | None) -> Path:
+    """``casam segment --out``: a 2-D mask file, or (for a volume suffix) a volume mask on the
+    image's grid, zero except slice ``k``, which holds ``mask`` (rows, cols)."""
+    if suffix_of(Path(path)) not in MASK_SUFFIXES + SEG_SUFFIXES:
+        return write_mask(path, mask)
+    if geo is None:
+        raise InputError(
+            f"--out {path}: a volume mask takes its geometry from a volume IMAGE "
+            "(NIfTI/NRRD/MHA/DICOM); for a 2-D image use .png, .tif or .npy"
+        )
+    full = np.zeros(geo.shape, np.uint8)
+    full[k] = np.asarray(mask, bool)
+    return write_mask_like(full, geo, path)
+
+
 def slice_names(path: Path, n: int) -> list[str]:
     return [str(path)] if n == 1 else [f"{path}[{k}]" for k in range(n)]
 
@@ -200,7 +232,8 @@ def write_mask(path: str | Path, mask: np.ndarray) -> Path:
                 np.save(f, m, allow_pickle=False)
         else:
             raise InputError(
-                f"--out: cannot write {sfx or 'a file without suffix'}; use .png, .tif or .npy"
+                f"--out: cannot write {sfx or 'a file without suffix'}; use .png, .tif or .npy "
+                "(or .nii.gz, .nrrd, .mha, .dcm for a volume IMAGE)"
             )
         os.replace(tmp, p)
     except OSError as e:
