@@ -85,4 +85,4 @@ def test_dicom_series_segment_to_seg_and_learn_from_seg(capsys, tmp_path):
         "--masks", tmp_path / "truth.dcm", "--epochs", "1", "--vae-steps", "50",
     )  # fmt: skip
     assert code == 0, err
-    assert "task 'CT spleen' saved" in out and "7 training slices" in out
+    assert "task 'CT spleen' saved" in out and "6 training slices" in out and "(1 slices)" in out
