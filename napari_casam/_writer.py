@@ -16,14 +16,25 @@ from casam.volumes import Geometry, write_mask_like
 from napari_casam._volume_layers import geometry_of
 
 
-def _from_open_images(shape: tuple[int, ...], scale: Any) -> Geometry | None:
+def _from_open_images(
+    shape: tuple[int, ...], scale: Any, meta: dict[str, Any] | None
+) -> Geometry | None:
+    """The geometry of the image the dock linked this layer to, or of the one open image
+    with the layer's shape and scale."""
     try:
         import napari
     except ImportError:
         return None
+    from napari_casam._prompts import LINK, TOKEN
+
     viewer = napari.current_viewer()
     if viewer is None:
         return None
+    link = (meta or {}).get(LINK)
+    for layer in viewer.layers:
+        geo = geometry_of(getattr(layer, "metadata", None))
+        if link and geo is not None and layer.metadata.get(TOKEN) == link and geo.shape == shape:
+            return geo
     found = []
     for layer in viewer.layers:
         geo = geometry_of(getattr(layer, "metadata", None))
@@ -38,7 +49,7 @@ def geometry_for(data: Any, attributes: dict[str, Any]) -> Geometry:
     geo = geometry_of(attributes.get("metadata"))
     shape = tuple(np.shape(data))
     if geo is None:
-        geo = _from_open_images(shape, attributes.get("scale"))
+        geo = _from_open_images(shape, attributes.get("scale"), attributes.get("metadata"))
     if geo is None:
         raise InputError(
             f"the labels layer ({'x'.join(map(str, shape))}) is not tied to a volume opened "
