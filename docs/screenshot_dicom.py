@@ -16,23 +16,15 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests" / "core"))
+from screenshot import open_with_dock, save_window, wait  # noqa: E402  (docs/screenshot.py)
+
 SHOW = 14  # the axial slice the box is drawn on
-
-
-def wait(app, cond, timeout: float, what: str) -> None:
-    t0 = time.time()
-    while not cond():
-        app.processEvents()
-        time.sleep(0.05)
-        if time.time() - t0 > timeout:
-            raise TimeoutError(f"timed out waiting for {what}")
 
 
 def check_saved(folder: Path, image, masks, truth: np.ndarray) -> None:
@@ -70,18 +62,7 @@ def main() -> int:
 
     _, truth, _ = write_ct_series(tmp / "CT series", n=29)
 
-    import napari
-    from napari.settings import get_settings
-    from qtpy.QtCore import Qt
-    from qtpy.QtWidgets import QApplication
-
-    get_settings().application.gui_notification_level = "none"
-    viewer = napari.Viewer(title="napari — CA-SAM")
-    window = viewer.window._qt_window
-    window.resize(1400, 940)
-    app = QApplication.instance()
-    dock_widget, dock = viewer.window.add_plugin_dock_widget("napari-casam", "CA-SAM")
-    window.resizeDocks([dock_widget], [470], Qt.Horizontal)
+    viewer, dock, app = open_with_dock()
     (image,) = viewer.open(str(tmp / "CT series"), plugin="napari-casam")
     print(
         "opened",
@@ -118,19 +99,7 @@ def main() -> int:
     viewer.layers.selection.active = boxes
     viewer.reset_view()
     viewer.dims.set_point(0, SHOW * image.scale[0] + image.translate[0])
-    from napari._qt.dialogs.qt_notification import NapariQtNotification
-
-    for toast in window.findChildren(NapariQtNotification):
-        toast.close()
-    for _ in range(20):
-        app.processEvents()
-        time.sleep(0.05)
-    shot = viewer.screenshot(canvas_only=False, flash=False)
-    import imageio.v3 as iio
-
-    iio.imwrite(args.out, shot)
-    print(f"wrote {args.out} {shot.shape}")
-    viewer.close()
+    save_window(viewer, args.out)
     return 0
 
 

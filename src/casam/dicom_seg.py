@@ -7,14 +7,13 @@ instance. Reading gives the segment numbers as label values on the image's (z, y
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from casam.errors import InputError
-from casam.volumes import Geometry, from_native_array, to_native_array
+from casam.volumes import Geometry, from_native_array, to_native_array, write_atomically
 
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 
@@ -92,16 +91,7 @@ def write_seg(mask: np.ndarray, geo: Geometry, path: Path, names: dict | None = 
         device_serial_number="0",
         series_description="CA-SAM segmentation",
     )
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        seg.save_as(tmp)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise InputError(f"cannot write {path} ({e.strerror or e})") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return write_atomically(path, seg.save_as)
 
 
 def referenced_series(path: Path) -> Path:

@@ -10,7 +10,6 @@ images.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from casam.volumes import (
     read_mask_like,
     read_volume,
     suffix_of,
+    write_atomically,
     write_mask_like,
 )
 
@@ -217,28 +217,23 @@ def write_mask(path: str | Path, mask: np.ndarray) -> Path:
     m = np.asarray(mask, bool).astype(np.uint8)
     if not p.parent.is_dir():
         raise InputError(f"--out: folder {p.parent} does not exist")
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp{sfx}")
-    try:
-        if sfx in (".png", ".jpg", ".jpeg"):
-            import imageio.v3 as iio
+    return write_atomically(p, lambda tmp: _write_2d(tmp, m, sfx), "--out: ")
 
-            iio.imwrite(tmp, m * 255, extension=sfx)
-        elif sfx in (".tif", ".tiff"):
-            import tifffile
 
-            tifffile.imwrite(tmp, m, compression="zlib")
-        elif sfx == ".npy":
-            with open(tmp, "wb") as f:
-                np.save(f, m, allow_pickle=False)
-        else:
-            raise InputError(
-                f"--out: cannot write {sfx or 'a file without suffix'}; use .png, .tif or .npy "
-                "(or .nii.gz, .nrrd, .mha, .dcm for a volume IMAGE)"
-            )
-        os.replace(tmp, p)
-    except OSError as e:
-        raise InputError(f"--out: cannot write {p} ({e.strerror or e})") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return p
+def _write_2d(tmp: Path, m: np.ndarray, sfx: str) -> None:
+    if sfx in (".png", ".jpg", ".jpeg"):
+        import imageio.v3 as iio
+
+        iio.imwrite(tmp, m * 255, extension=sfx)
+    elif sfx in (".tif", ".tiff"):
+        import tifffile
+
+        tifffile.imwrite(tmp, m, compression="zlib")
+    elif sfx == ".npy":
+        with open(tmp, "wb") as f:
+            np.save(f, m, allow_pickle=False)
+    else:
+        raise InputError(
+            f"--out: cannot write {sfx or 'a file without suffix'}; use .png, .tif or .npy "
+            "(or .nii.gz, .nrrd, .mha, .dcm for a volume IMAGE)"
+        )

@@ -11,6 +11,7 @@ voxel grid is never resampled. An oblique volume keeps its grid and is flagged
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -325,16 +326,25 @@ def write_mask_like(
         raise InputError(f"cannot write {p}: use one of {' '.join(MASK_SUFFIXES + SEG_SUFFIXES)}")
     m = np.asarray(mask)
     _, native = to_native_array(m.astype(_mask_dtype(m), copy=False), geo)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp{sfx}")
+    return write_atomically(
+        p, lambda tmp: _sitk().WriteImage(native, str(tmp), useCompression=sfx != ".nii")
+    )
+
+
+def write_atomically(path: Path, write: Callable[[Path], Any], prefix: str = "") -> Path:
+    """Run ``write(tmp)`` on a hidden file beside ``path``, then move it into place: an
+    existing file is replaced only by a complete one, and a failed write leaves no trace."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix_of(path)}")
     try:
-        _sitk().WriteImage(native, str(tmp), useCompression=sfx != ".nii")
-        os.replace(tmp, p)
-    except RuntimeError as e:
-        raise InputError(f"cannot write {p} ({_first_line(e)})") from None
+        write(tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else _first_line(e)
+        raise InputError(f"{prefix}cannot write {path} ({reason})") from None
     finally:
         if tmp.exists():
             tmp.unlink()
-    return p
+    return path
 
 
 def read_mask_like(path: str | Path, geo: Geometry, what: str = "mask") -> np.ndarray:
