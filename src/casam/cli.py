@@ -172,12 +172,18 @@ def cmd_route(args: argparse.Namespace) -> int:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from casam.io import expand_paths, read_slices_with_geometry, write_slice_mask
+    from casam.io import (
+        check_slice_mask_target,
+        expand_paths,
+        read_slices_with_geometry,
+        write_slice_mask,
+    )
 
     path = expand_paths([args.image], "IMAGE")
     if len(path) != 1:
         raise InputError(f"IMAGE: give one image file, not a folder of {len(path)} files")
     slices, geo = read_slices_with_geometry(path[0])
+    check_slice_mask_target(args.out, geo)
     if args.slice is None and len(slices) > 1:
         raise InputError(
             f"{path[0]} holds {len(slices)} slices; choose one with --slice K (0..{len(slices) - 1})"

@@ -135,16 +135,30 @@ def read_slices_with_geometry(path: Path) -> tuple[list[np.ndarray], Geometry | 
     return read_slices(path), None
 
 
-def write_slice_mask(path: str | Path, mask: np.ndarray, k: int, geo: Geometry | None) -> Path:
-    """``casam segment --out``: a 2-D mask file, or (for a volume suffix) a volume mask on the
-    image's grid, zero except slice ``k``, which holds ``mask`` (rows, cols)."""
-    if suffix_of(Path(path)) not in MASK_SUFFIXES + SEG_SUFFIXES:
-        return write_mask(path, mask)
+def check_slice_mask_target(path: str | Path, geo: Geometry | None) -> bool:
+    """Whether ``--out`` asks for a volume mask; refuses one for a 2-D IMAGE or a DICOM SEG
+    for a non-DICOM volume (before any work is done)."""
+    sfx = suffix_of(Path(path))
+    if sfx not in MASK_SUFFIXES + SEG_SUFFIXES:
+        return False
     if geo is None:
         raise InputError(
             f"--out {path}: a volume mask takes its geometry from a volume IMAGE "
             "(NIfTI/NRRD/MHA/DICOM); for a 2-D image use .png, .tif or .npy"
         )
+    if sfx in SEG_SUFFIXES and geo.source_format != "dicom":
+        raise InputError(
+            f"--out {path}: a DICOM SEG needs a DICOM source series, but {geo.source} is "
+            f"{geo.source_format}; use .nii.gz or .nrrd"
+        )
+    return True
+
+
+def write_slice_mask(path: str | Path, mask: np.ndarray, k: int, geo: Geometry | None) -> Path:
+    """``casam segment --out``: a 2-D mask file, or (for a volume suffix) a volume mask on the
+    image's grid, zero except slice ``k``, which holds ``mask`` (rows, cols)."""
+    if not check_slice_mask_target(path, geo):
+        return write_mask(path, mask)
     full = np.zeros(geo.shape, np.uint8)
     full[k] = np.asarray(mask, bool)
     return write_mask_like(full, geo, path)

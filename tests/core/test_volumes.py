@@ -212,3 +212,28 @@ def test_cli_pairs_read_volumes_with_their_masks(tmp_path):
     with pytest.raises(InputError) as e:
         read_pairs([tmp_path / "scan.nii.gz"], [tmp_path / "ct_seg.nii.gz"])
     assert "not on the grid" in _one_line(e) and "scan.nii.gz" in str(e.value)
+
+
+def test_cli_refuses_bad_volume_input_in_one_line(tmp_path, capsys):
+    from casam.cli import main
+
+    np.save(tmp_path / "slice.npy", np.zeros((20, 20), np.int16))
+    write_ct_nifti(tmp_path / "scan.nii.gz")
+    write_ct_series(tmp_path / "gap", n=5, skip=(2,))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "a.txt").write_text("x")
+    box = ["--box", "1", "1", "9", "9"]
+    cases = [
+        (["segment", tmp_path / "slice.npy", *box, "--out", tmp_path / "m.nii.gz"], "volume IMAGE"),
+        (["segment", tmp_path / "scan.nii.gz", "--slice", 2, *box, "--out", tmp_path / "m.dcm"],
+         "DICOM source"),
+        (["segment", tmp_path / "gap", "--slice", 1, *box, "--out", tmp_path / "m.nii.gz"],
+         "missing slices"),
+        (["route", tmp_path / "empty"], "has no"),
+    ]  # fmt: skip
+    for argv, needle in cases:
+        code = main([str(a) for a in argv])
+        err = capsys.readouterr().err
+        lines = [x for x in err.splitlines() if x.strip()]
+        assert code == 2 and len(lines) == 1 and needle in lines[0], (argv, err)
+    assert not list(tmp_path.glob("m.*"))
