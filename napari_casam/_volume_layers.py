@@ -94,6 +94,12 @@ def looks_like_labels(path: str | Path, vol: Volume) -> bool:
     )
 
 
+def geometry_metadata(meta: dict[str, Any] | None) -> dict[str, Any]:
+    """The geometry entry of an image's metadata, to give a layer drawn on it ({} if none)."""
+    d = (meta or {}).get(GEOMETRY_KEY)
+    return {GEOMETRY_KEY: d} if d is not None else {}
+
+
 def geometry_of(meta: dict[str, Any] | None) -> Geometry | None:
     """The geometry kept in a layer's metadata, if any."""
     d = (meta or {}).get(GEOMETRY_KEY)

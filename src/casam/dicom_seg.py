@@ -69,13 +69,13 @@ def write_seg(mask: np.ndarray, geo: Geometry, path: Path, names: dict | None = 
     import highdicom as hd
 
     native, _ = to_native_array(np.asarray(mask), geo)
+    sources = _sources(geo)
     labels = [int(v) for v in np.unique(native) if v != 0]
     if not labels:
         raise InputError(f"the mask is empty; nothing to save in {path}")
     segments = np.zeros(native.shape, np.uint16)
     for n, v in enumerate(labels, start=1):
         segments[native == v] = n
-    sources = _sources(geo)
     seg = hd.seg.Segmentation(
         source_images=sources,
         pixel_array=segments,

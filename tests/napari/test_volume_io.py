@@ -119,3 +119,32 @@ def test_cli_and_napari_reader_give_the_same_array(tmp_path):
         ((data, _, kind),) = get_reader(path)(path)
         assert kind == "image"
         assert np.array_equal(np.stack(read_slices(tmp_path / name)), data)
+
+
+@pytest.mark.gui
+def test_dock_masks_keep_the_scans_geometry_and_ct_windows(
+    make_napari_viewer, open_dock, tmp_path, wait_idle
+):
+    import nibabel as nib
+
+    write_ct_nifti(tmp_path / "scan.nii.gz", theta=0.2)
+    viewer = make_napari_viewer()
+    (image,) = viewer.open(str(tmp_path / "scan.nii.gz"), plugin="napari-casam")
+    dock = open_dock(viewer, wait=False)
+    masks = dock.masks_layer()
+    assert geometry_of(masks.metadata) == geometry_of(image.metadata)
+    panel = dock.volume
+    assert panel.apply_window("lung") and tuple(image.contrast_limits) == (-1350.0, 150.0)
+    assert panel.save_masks(str(tmp_path / "empty.dcm")) is None
+    assert "DICOM source" in panel.status.text()
+    _, truth = ct_spleen()
+    masks.data = truth.astype(masks.data.dtype)
+    written = panel.save_masks(str(tmp_path / "dock.nii.gz"))
+    assert written and panel.status.text().startswith("Saved")
+    np.testing.assert_allclose(
+        nib.load(written).affine, nib.load(tmp_path / "scan.nii.gz").affine, atol=1e-5
+    )
+    from casam.volumes import read_mask_like
+
+    assert np.array_equal(read_mask_like(written, geometry_of(image.metadata)), truth)
+    wait_idle(dock)
