@@ -34,15 +34,8 @@ def wait(app, cond, timeout: float, what: str) -> None:
             raise TimeoutError(f"timed out waiting for {what}")
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=HERE / "screenshot.png")
-    ap.add_argument("--epochs", type=int, default=None, help="default: the dock's (LearnSettings)")
-    args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="casam-screenshot-"))
-    os.environ["CASAM_HOME"] = str(tmp / "casam")
-    os.environ["NAPARI_CONFIG"] = str(tmp / "napari-settings.yaml")  # leave the user's alone
-
+def open_with_dock():
+    """A 1400 x 940 napari window with the CA-SAM dock and no notification toasts."""
     import napari
     from napari.settings import get_settings
     from qtpy.QtCore import Qt
@@ -52,9 +45,38 @@ def main() -> int:
     viewer = napari.Viewer(title="napari — CA-SAM")
     window = viewer.window._qt_window
     window.resize(1400, 940)
-    app = QApplication.instance()
     dock_widget, dock = viewer.window.add_plugin_dock_widget("napari-casam", "CA-SAM")
     window.resizeDocks([dock_widget], [470], Qt.Horizontal)
+    return viewer, dock, QApplication.instance()
+
+
+def save_window(viewer, out: Path) -> None:
+    """Close any toast, let the window settle, save the whole window as PNG, close it."""
+    import imageio.v3 as iio
+    from napari._qt.dialogs.qt_notification import NapariQtNotification
+    from qtpy.QtWidgets import QApplication
+
+    for toast in viewer.window._qt_window.findChildren(NapariQtNotification):
+        toast.close()
+    for _ in range(20):
+        QApplication.instance().processEvents()
+        time.sleep(0.05)
+    shot = viewer.screenshot(canvas_only=False, flash=False)
+    iio.imwrite(out, shot)
+    print(f"wrote {out} {shot.shape}")
+    viewer.close()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=HERE / "screenshot.png")
+    ap.add_argument("--epochs", type=int, default=None, help="default: the dock's (LearnSettings)")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="casam-screenshot-"))
+    os.environ["CASAM_HOME"] = str(tmp / "casam")
+    os.environ["NAPARI_CONFIG"] = str(tmp / "napari-settings.yaml")  # leave the user's alone
+
+    viewer, dock, app = open_with_dock()
     viewer.open_sample("napari-casam", "ct_spleen")
     wait(app, lambda: dock.image_layer is not None and not dock.busy, 600, "the model")
     image = viewer.layers["CT abdomen"]
@@ -103,19 +125,7 @@ def main() -> int:
     viewer.reset_view()
     camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
     camera.zoom *= 1.1
-    from napari._qt.dialogs.qt_notification import NapariQtNotification
-
-    for toast in window.findChildren(NapariQtNotification):
-        toast.close()
-    for _ in range(20):
-        app.processEvents()
-        time.sleep(0.05)
-    shot = viewer.screenshot(canvas_only=False, flash=False)
-    import imageio.v3 as iio
-
-    iio.imwrite(args.out, shot)
-    print(f"wrote {args.out} {shot.shape}")
-    viewer.close()
+    save_window(viewer, args.out)
     return 0
 
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from napari_casam._layers import Index, index_from_point, spatial_shape
+from napari_casam._volume_layers import geometry_metadata
 
 if TYPE_CHECKING:
     import napari
@@ -70,7 +71,7 @@ def make_masks(viewer: napari.viewer.Viewer, image: Image) -> Labels:
         scale=image.scale,
         translate=image.translate,
         opacity=0.55,
-        metadata={ROLE: MASKS, LINK: token(image)},
+        metadata={ROLE: MASKS, LINK: token(image), **geometry_metadata(image.metadata)},
     )
     return labels
 

@@ -40,6 +40,12 @@ def plural(n: int, word: str) -> str:
 
 # ---- tooltips -------------------------------------------------------------------------------
 TIPS: dict[str, str] = {
+    "volume_box": "Clinical volumes opened with napari-casam (NIfTI, NRRD, MHA, DICOM): CT display "
+    "windows, and saving the masks on the scan's own grid",
+    "ct_window": "Display window in HU for CT; what the model sees is not affected (it always "
+    "uses the 0.5-99.5 percentile window)",
+    "save_masks": "Save the masks layer on the scan's own grid and affine (.nii.gz, .nrrd, .mha), "
+    "or as a DICOM SEG referencing the DICOM series (.dcm)",
     "image": "Image to segment. The dock adds a “boxes” Shapes layer (draw rectangles on it) "
     "and a “masks” Labels layer (results; correct them with napari's label tools).",
     "hint": "Shortcuts on the boxes layer: R rectangle mode (napari), Ctrl+Z undo / "

@@ -27,6 +27,7 @@ from napari_casam._qt.learn_panel import LearnPanel
 from napari_casam._qt.library_panel import LibraryPanel
 from napari_casam._qt.model_panel import ModelPanel
 from napari_casam._qt.segment_panel import SegmentPanel
+from napari_casam._qt.volume_panel import VolumePanel
 from napari_casam._session import Session, guard_triton
 from napari_casam._settings import PluginSettings
 from napari_casam._texts import TIPS
@@ -107,6 +108,10 @@ class CasamWidget(QWidget):
         self.prepare_btn, self.interp_btn = seg.prepare_btn, seg.interp_btn
         self.job_bar, self.job_cancel = seg.jobs.bar, seg.jobs.cancel
         layout.addWidget(seg)
+        self.volume = VolumePanel(lambda: self.image_layer, self.masks_layer)
+        layout.addWidget(
+            section("Clinical volume", TIPS["volume_box"], self.volume, expanded=False)
+        )
         self.learn = LearnPanel(
             self.viewer, self.learn_model, lambda: self.image_layer, self.masks_layer
         )

@@ -1,13 +1,15 @@
 """Reading images, masks and volumes from files; writing masks.
 
-A PATH is a file or a folder (its supported files, sorted by name). 2-D files give one slice;
-3-D ``.tif``/``.npy`` stacks are split along the first axis, ``.nii``/``.nii.gz``/``.nrrd``
-volumes along their slice (last) axis. ``(H, W, 3|4)`` arrays are single RGB(A) images.
+A PATH is a file or a folder (its supported files, sorted by name); a folder of DICOM files is
+one series. 2-D files give one slice; 3-D ``.tif``/``.npy`` stacks are split along the first
+axis. Clinical volumes (``.nii``/``.nii.gz``/``.nrrd``/``.nhdr``/``.mha``/``.mhd`` and DICOM
+series) are read by ``casam.volumes`` in LPS+ order and split into their axial slices (the
+first axis), exactly as the napari reader shows them. ``(H, W, 3|4)`` arrays are single RGB(A)
+images.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,13 +17,26 @@ from pathlib import Path
 import numpy as np
 
 from casam.errors import InputError
+from casam.volumes import (
+    MASK_SUFFIXES,
+    SEG_SUFFIXES,
+    VOLUME_SUFFIXES,
+    Geometry,
+    read_mask_like,
+    read_volume,
+    suffix_of,
+    write_atomically,
+    write_mask_like,
+)
 
-SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy", ".nii", ".nii.gz", ".nrrd")
+SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy", *VOLUME_SUFFIXES, ".dcm")
 
 
-def suffix_of(path: Path) -> str:
-    name = path.name.lower()
-    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+def is_volume(path: Path) -> bool:
+    """A clinical volume: a volume file, a DICOM file (of a series) or a DICOM folder."""
+    from casam.dicom import looks_like_dicom
+
+    return suffix_of(path) in VOLUME_SUFFIXES or looks_like_dicom(path)
 
 
 def expand_paths(paths: Sequence[str | Path], what: str = "--images") -> list[Path]:
@@ -29,7 +44,9 @@ def expand_paths(paths: Sequence[str | Path], what: str = "--images") -> list[Pa
     out: list[Path] = []
     for raw in paths:
         p = Path(raw).expanduser()
-        if p.is_dir():
+        if p.is_dir() and _is_dicom_folder(p):
+            out.append(p)
+        elif p.is_dir():
             found = sorted(
                 (
                     c
@@ -42,7 +59,7 @@ def expand_paths(paths: Sequence[str | Path], what: str = "--images") -> list[Pa
                 raise InputError(f"{what}: folder {p} has no {'/'.join(SUFFIXES)} files")
             out.extend(found)
         elif p.is_file():
-            if suffix_of(p) not in SUFFIXES:
+            if suffix_of(p) not in SUFFIXES and not is_volume(p):
                 raise InputError(f"{what}: {p} is not a supported file ({' '.join(SUFFIXES)})")
             out.append(p)
         else:
@@ -52,20 +69,24 @@ def expand_paths(paths: Sequence[str | Path], what: str = "--images") -> list[Pa
     return out
 
 
+def _is_dicom_folder(folder: Path) -> bool:
+    """A folder without plain image files whose files are DICOM: one series, not a file list."""
+    from casam.dicom import looks_like_dicom
+
+    plain = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy", *VOLUME_SUFFIXES)
+    if any(c.is_file() and suffix_of(c) in plain for c in folder.iterdir()):
+        return False
+    return looks_like_dicom(folder)
+
+
 def _is_rgb(a: np.ndarray) -> bool:
     return a.ndim == 3 and a.shape[-1] in (3, 4) and a.shape[0] > 4
 
 
-def _split(a: np.ndarray, path: Path, volume_axis_last: bool) -> list[np.ndarray]:
-    if a.ndim == 2:
-        return [np.ascontiguousarray(a.T) if volume_axis_last else a]
-    if _is_rgb(a) and not volume_axis_last:
+def _split(a: np.ndarray, path: Path) -> list[np.ndarray]:
+    if a.ndim == 2 or _is_rgb(a):
         return [a]
-    if a.ndim == 3:
-        if volume_axis_last:
-            return [np.ascontiguousarray(a[:, :, k].T) for k in range(a.shape[2])]
-        return [a[k] for k in range(a.shape[0])]
-    if a.ndim == 4 and a.shape[-1] in (3, 4) and not volume_axis_last:
+    if a.ndim == 3 or (a.ndim == 4 and a.shape[-1] in (3, 4)):
         return [a[k] for k in range(a.shape[0])]
     raise InputError(
         f"{path} holds a {a.ndim}-D array of shape {a.shape}; give 2-D images or 3-D volumes"
@@ -86,15 +107,8 @@ def read_array(path: Path) -> np.ndarray:
             import imageio.v3 as iio
 
             return iio.imread(path)
-        if sfx in (".nii", ".nii.gz"):
-            import nibabel as nib
-
-            return np.asanyarray(nib.load(str(path)).dataobj)
-        if sfx == ".nrrd":
-            import nrrd
-
-            data, _ = nrrd.read(str(path))
-            return data
+        if is_volume(path):
+            return read_volume(path).voxels
     except InputError:
         raise
     except Exception as e:  # noqa: BLE001 - every reader has its own exceptions
@@ -108,7 +122,46 @@ def read_slices(path: Path) -> list[np.ndarray]:
     a = read_array(path)
     if a.size == 0:
         raise InputError(f"{path} is empty (shape {a.shape})")
-    return _split(a, path, suffix_of(path) in (".nii", ".nii.gz", ".nrrd"))
+    if is_volume(path):
+        return list(a)
+    return _split(a, path)
+
+
+def read_slices_with_geometry(path: Path) -> tuple[list[np.ndarray], Geometry | None]:
+    """The slices of one file and, for a clinical volume, its geometry (else None)."""
+    if is_volume(path):
+        vol = read_volume(path)
+        return list(vol.voxels), vol.geometry
+    return read_slices(path), None
+
+
+def check_slice_mask_target(path: str | Path, geo: Geometry | None) -> bool:
+    """Whether ``--out`` asks for a volume mask; refuses one for a 2-D IMAGE or a DICOM SEG
+    for a non-DICOM volume (before any work is done)."""
+    sfx = suffix_of(Path(path))
+    if sfx not in MASK_SUFFIXES + SEG_SUFFIXES:
+        return False
+    if geo is None:
+        raise InputError(
+            f"--out {path}: a volume mask takes its geometry from a volume IMAGE "
+            "(NIfTI/NRRD/MHA/DICOM); for a 2-D image use .png, .tif or .npy"
+        )
+    if sfx in SEG_SUFFIXES and geo.source_format != "dicom":
+        raise InputError(
+            f"--out {path}: a DICOM SEG needs a DICOM source series, but {geo.source} is "
+            f"{geo.source_format}; use .nii.gz or .nrrd"
+        )
+    return True
+
+
+def write_slice_mask(path: str | Path, mask: np.ndarray, k: int, geo: Geometry | None) -> Path:
+    """``casam segment --out``: a 2-D mask file, or (for a volume suffix) a volume mask on the
+    image's grid, zero except slice ``k``, which holds ``mask`` (rows, cols)."""
+    if not check_slice_mask_target(path, geo):
+        return write_mask(path, mask)
+    full = np.zeros(geo.shape, np.uint8)
+    full[k] = np.asarray(mask, bool)
+    return write_mask_like(full, geo, path)
 
 
 def slice_names(path: Path, n: int) -> list[str]:
@@ -141,12 +194,12 @@ def read_pairs(
     mpaths = expand_paths(masks, "--masks")
     if len(ipaths) != len(mpaths):
         raise InputError(
-            f"{len(ipaths)} image files but {len(mpaths)} mask files; give one mask file per "
-            "image file"
+            f"{len(ipaths)} image files but {len(mpaths)} mask files; "
+            "give one mask file per image file"
         )
     pairs, skipped = [], 0
     for ip, mp in zip(ipaths, mpaths, strict=True):
-        islices, mslices = read_slices(ip), read_slices(mp)
+        islices, mslices = _pair_slices(ip, mp)
         if len(islices) != len(mslices):
             raise InputError(f"{ip} has {len(islices)} slices but its mask {mp} has {len(mslices)}")
         for name, img, msk in zip(slice_names(ip, len(islices)), islices, mslices, strict=True):
@@ -163,6 +216,14 @@ def read_pairs(
     return pairs, skipped
 
 
+def _pair_slices(ip: Path, mp: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Slices of an image and its mask; a volume's mask must lie on its grid (or be its SEG)."""
+    if is_volume(ip):
+        vol = read_volume(ip)
+        return list(vol.voxels), list(read_mask_like(mp, vol.geometry, f"mask of {ip}:"))
+    return read_slices(ip), read_slices(mp)
+
+
 def write_mask(path: str | Path, mask: np.ndarray) -> Path:
     """Write a 2-D binary mask atomically: PNG/JPG as 0/255, TIFF/NPY as 0/1 uint8."""
     p = Path(path).expanduser()
@@ -170,27 +231,23 @@ def write_mask(path: str | Path, mask: np.ndarray) -> Path:
     m = np.asarray(mask, bool).astype(np.uint8)
     if not p.parent.is_dir():
         raise InputError(f"--out: folder {p.parent} does not exist")
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp{sfx}")
-    try:
-        if sfx in (".png", ".jpg", ".jpeg"):
-            import imageio.v3 as iio
+    return write_atomically(p, lambda tmp: _write_2d(tmp, m, sfx), "--out: ")
 
-            iio.imwrite(tmp, m * 255, extension=sfx)
-        elif sfx in (".tif", ".tiff"):
-            import tifffile
 
-            tifffile.imwrite(tmp, m, compression="zlib", photometric="minisblack")
-        elif sfx == ".npy":
-            with open(tmp, "wb") as f:
-                np.save(f, m, allow_pickle=False)
-        else:
-            raise InputError(
-                f"--out: cannot write {sfx or 'a file without suffix'}; use .png, .tif or .npy"
-            )
-        os.replace(tmp, p)
-    except OSError as e:
-        raise InputError(f"--out: cannot write {p} ({e.strerror or e})") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return p
+def _write_2d(tmp: Path, m: np.ndarray, sfx: str) -> None:
+    if sfx in (".png", ".jpg", ".jpeg"):
+        import imageio.v3 as iio
+
+        iio.imwrite(tmp, m * 255, extension=sfx)
+    elif sfx in (".tif", ".tiff"):
+        import tifffile
+
+        tifffile.imwrite(tmp, m, compression="zlib", photometric="minisblack")
+    elif sfx == ".npy":
+        with open(tmp, "wb") as f:
+            np.save(f, m, allow_pickle=False)
+    else:
+        raise InputError(
+            f"--out: cannot write {sfx or 'a file without suffix'}; use .png, .tif or .npy "
+            "(or .nii.gz, .nrrd, .mha, .dcm for a volume IMAGE)"
+        )

@@ -28,14 +28,15 @@ def test_stacks_split_along_first_axis(tmp_path, vol):
         assert len(s) == 4 and np.array_equal(s[2], v[2])
 
 
-def test_nifti_and_nrrd_split_along_last_axis(tmp_path, vol):
+def test_nifti_and_nrrd_give_axial_slices_in_lps_order(tmp_path, vol):
     v, _ = vol
     xyz = np.transpose(v, (2, 1, 0))  # (x=cols, y=rows, z=slices) as scanners store them
-    nib.save(nib.Nifti1Image(xyz, np.eye(4)), tmp_path / "v.nii.gz")
-    nrrd.write(str(tmp_path / "v.nrrd"), xyz)
-    for name in ("v.nii.gz", "v.nrrd"):
-        s = read_slices(tmp_path / name)
-        assert len(s) == 4 and np.array_equal(s[1], v[1])
+    nib.save(nib.Nifti1Image(xyz, np.eye(4)), tmp_path / "v.nii.gz")  # RAS: x towards Right
+    nrrd.write(str(tmp_path / "v.nrrd"), xyz)  # no space directions: LPS as stored
+    s = read_slices(tmp_path / "v.nii.gz")
+    assert len(s) == 4 and np.array_equal(s[1], v[1][::-1, ::-1])  # flipped to L and P
+    s = read_slices(tmp_path / "v.nrrd")
+    assert len(s) == 4 and np.array_equal(s[1], v[1])
 
 
 def test_rgb_png_is_one_image(tmp_path):
@@ -50,10 +51,8 @@ def test_pairs_skip_empty_and_honour_label(tmp_path, vol):
     np.save(tmp_path / "img.npy", v)
     np.save(tmp_path / "msk.npy", m)
     pairs, skipped = read_pairs([tmp_path / "img.npy"], [tmp_path / "msk.npy"])
-    assert [p.name.endswith(f"[{k}]") for p, k in zip(pairs, (1, 3), strict=True)] == [
-        True,
-        True,
-    ] and skipped == 2
+    assert [p.name for p in pairs] == [f"{tmp_path / 'img.npy'}[{k}]" for k in (1, 3)]
+    assert skipped == 2
     pairs, skipped = read_pairs([tmp_path / "img.npy"], [tmp_path / "msk.npy"], label=2)
     assert len(pairs) == 1 and pairs[0].mask.sum() == 4 and skipped == 3
 

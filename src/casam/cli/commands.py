@@ -162,7 +162,12 @@ def cmd_route(args: argparse.Namespace) -> int:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from casam.io import expand_paths, read_slices, write_mask
+    from casam.io import (
+        check_slice_mask_target,
+        expand_paths,
+        read_slices_with_geometry,
+        write_slice_mask,
+    )
 
     if wants_batch(args, "segment"):
         return run_batch(args, "segment")
@@ -171,7 +176,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     path = expand_paths(args.image, "IMAGE")
     if len(path) != 1:
         raise InputError(f"IMAGE: give one image file, not a folder of {len(path)} files")
-    slices = read_slices(path[0])
+    slices, geo = read_slices_with_geometry(path[0])
+    check_slice_mask_target(args.out, geo)
     if args.slice is None and len(slices) > 1:
         raise InputError(
             f"{path[0]} holds {len(slices)} slices; choose one with --slice K "
@@ -187,7 +193,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     p.set_image(slices[k])
     pred = p.predict(np.array(args.box, dtype=float), task=args.task)
     mask = pred.masks.any(axis=0)
-    out = write_mask(args.out, mask)
+    out = write_slice_mask(args.out, mask, k, geo)
     used = pred.task or "SAM"
     print(
         f"{out}: {int(mask.sum())} pixels, task {used} ({pred.route}), SAM score "

@@ -130,7 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--out",
         required=True,
-        help="mask file to write (.png, .tif, .npy); with several inputs, a folder for <name>.tif",
+        help="mask file to write (.png, .tif, .npy); for a volume IMAGE also .nii.gz, .nrrd, .mha "
+        "or .dcm (DICOM SEG): a volume on the image's grid, zero except slice K; with several "
+        "inputs, a folder for <name>.tif",
     )
     add_options(sp, "segment")
     sp.set_defaults(func=c.cmd_segment)
