@@ -163,13 +163,27 @@ def read_pairs(
     return pairs, skipped
 
 
-def write_mask(path: str | Path, mask: np.ndarray) -> Path:
-    """Write a 2-D binary mask atomically: PNG/JPG as 0/255, TIFF/NPY as 0/1 uint8."""
+MASK_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy")
+
+
+def check_mask_path(path: str | Path) -> Path:
+    """The path a mask can be written to (known suffix, existing folder), or InputError."""
     p = Path(path).expanduser()
     sfx = suffix_of(p)
-    m = np.asarray(mask, bool).astype(np.uint8)
+    if sfx not in MASK_SUFFIXES:
+        raise InputError(
+            f"--out: cannot write {sfx or 'a file without suffix'}; use .png, .tif or .npy"
+        )
     if not p.parent.is_dir():
         raise InputError(f"--out: folder {p.parent} does not exist")
+    return p
+
+
+def write_mask(path: str | Path, mask: np.ndarray) -> Path:
+    """Write a 2-D binary mask atomically: PNG/JPG as 0/255, TIFF/NPY as 0/1 uint8."""
+    p = check_mask_path(path)
+    sfx = suffix_of(p)
+    m = np.asarray(mask, bool).astype(np.uint8)
     tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp{sfx}")
     try:
         if sfx in (".png", ".jpg", ".jpeg"):
@@ -180,13 +194,9 @@ def write_mask(path: str | Path, mask: np.ndarray) -> Path:
             import tifffile
 
             tifffile.imwrite(tmp, m, compression="zlib")
-        elif sfx == ".npy":
+        else:  # .npy (check_mask_path allows nothing else)
             with open(tmp, "wb") as f:
                 np.save(f, m, allow_pickle=False)
-        else:
-            raise InputError(
-                f"--out: cannot write {sfx or 'a file without suffix'}; use .png, .tif or .npy"
-            )
         os.replace(tmp, p)
     except OSError as e:
         raise InputError(f"--out: cannot write {p} ({e.strerror or e})") from None
