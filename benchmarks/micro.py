@@ -1,4 +1,4 @@
-"""Where the seconds of "learn a task" go: micro-timings behind docs/benchmark-needs.md.
+"""Where the seconds of "learn a task" go: micro-timings behind dev/benchmark-needs.md.
 
     python benchmarks/micro.py            # prints one JSON object
 

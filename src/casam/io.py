@@ -224,13 +224,33 @@ def _pair_slices(ip: Path, mp: Path) -> tuple[list[np.ndarray], list[np.ndarray]
     return read_slices(ip), read_slices(mp)
 
 
-def write_mask(path: str | Path, mask: np.ndarray) -> Path:
-    """Write a 2-D binary mask atomically: PNG/JPG as 0/255, TIFF/NPY as 0/1 uint8."""
+PLAIN_MASK_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy")
+
+
+def check_mask_path(path: str | Path, volume: bool = False) -> Path:
+    """The path a mask can be written to (known suffix, existing folder), or InputError.
+
+    ``volume``: the source is a clinical volume, so a volume suffix (.nii.gz, .nrrd, .mha, .dcm)
+    is allowed too.
+    """
     p = Path(path).expanduser()
     sfx = suffix_of(p)
-    m = np.asarray(mask, bool).astype(np.uint8)
+    allowed = PLAIN_MASK_SUFFIXES + ((MASK_SUFFIXES + SEG_SUFFIXES) if volume else ())
+    if sfx not in allowed:
+        raise InputError(
+            f"--out: cannot write {sfx or 'a file without suffix'}; use .png, .tif or .npy "
+            "(or .nii.gz, .nrrd, .mha, .dcm for a volume IMAGE)"
+        )
     if not p.parent.is_dir():
         raise InputError(f"--out: folder {p.parent} does not exist")
+    return p
+
+
+def write_mask(path: str | Path, mask: np.ndarray) -> Path:
+    """Write a 2-D binary mask atomically: PNG/JPG as 0/255, TIFF/NPY as 0/1 uint8."""
+    p = check_mask_path(path)
+    sfx = suffix_of(p)
+    m = np.asarray(mask, bool).astype(np.uint8)
     return write_atomically(p, lambda tmp: _write_2d(tmp, m, sfx), "--out: ")
 
 
@@ -243,11 +263,6 @@ def _write_2d(tmp: Path, m: np.ndarray, sfx: str) -> None:
         import tifffile
 
         tifffile.imwrite(tmp, m, compression="zlib", photometric="minisblack")
-    elif sfx == ".npy":
+    else:  # .npy (check_mask_path allows nothing else)
         with open(tmp, "wb") as f:
             np.save(f, m, allow_pickle=False)
-    else:
-        raise InputError(
-            f"--out: cannot write {sfx or 'a file without suffix'}; use .png, .tif or .npy "
-            "(or .nii.gz, .nrrd, .mha, .dcm for a volume IMAGE)"
-        )

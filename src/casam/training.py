@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,13 +20,14 @@ import torch.nn.functional as F
 from casam.alignment import AlignmentLayer
 from casam.config import LearnSettings
 from casam.errors import InputError
-from casam.library import TaskInfo, TaskLibrary, new_task_info, validate_name
+from casam.library import LoadedTask, TaskInfo, TaskLibrary, new_task_info, validate_name
 from casam.metrics import boundary_iou, iou
 from casam.predictor import Predictor
-from casam.preprocess import check_image, mask_box
+from casam.preprocess import mask_box
 from casam.router import fit_router
 from casam.routing import calibrated_threshold
 from casam.sam import Backbone
+from casam.samples import Sample, collect_samples, split_holdout
 from casam.task_tensors import FEATURES, layer_from_state, router_state
 
 
@@ -47,69 +49,6 @@ class Progress:
         if self.loss is not None:
             s += f" loss {self.loss:.4f}"
         return s + (f" {self.message}" if self.message else "")
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One annotated object: the image it is in and its binary mask."""
-
-    image: int
-    mask: np.ndarray
-
-
-def objects_of(mask: np.ndarray, label: int | None = None) -> list[np.ndarray]:
-    """Binary masks of the objects of a label image: each nonzero value (or just ``label``)."""
-    m = np.asarray(mask)
-    if m.dtype.kind == "f":
-        if not np.isfinite(m).all():
-            raise InputError("mask has NaN/Inf values; masks must hold integer labels")
-        m = m.astype(np.int64)
-    if label is not None:
-        fg = m == label
-        return [fg] if fg.any() else []
-    if m.dtype == bool:
-        return [m] if m.any() else []
-    values = np.unique(m)
-    return [m == v for v in values if v != 0]
-
-
-def collect_samples(
-    images: Sequence[np.ndarray],
-    masks: Sequence[np.ndarray],
-    label: int | None = None,
-    names: Sequence[str] | None = None,
-) -> tuple[list[int], list[Sample]]:
-    """Validate (image, mask) pairs; return the indices of images with objects and the objects."""
-    if len(images) != len(masks):
-        raise InputError(f"{len(images)} images but {len(masks)} masks: give one mask per image")
-    used, samples = [], []
-    for i, (img, msk) in enumerate(zip(images, masks, strict=True)):
-        what = names[i] if names else f"image {i}"
-        a = check_image(img, what)
-        m = np.asarray(msk)
-        if m.ndim == 3 and m.shape[-1] in (3, 4) and m.shape[:2] == a.shape[:2]:
-            m = m[..., 0]
-        if m.shape != a.shape[:2]:
-            raise InputError(
-                f"{what} is {a.shape[0]}x{a.shape[1]} but its mask is "
-                f"{'x'.join(map(str, m.shape))}; they must match"
-            )
-        objs = objects_of(m, label)
-        if objs:
-            used.append(i)
-            samples.extend(Sample(i, o) for o in objs)
-    return used, samples
-
-
-def split_holdout(n: int, settings: LearnSettings) -> tuple[list[int], list[int]]:
-    """Evenly spaced held-out images (representative of a volume's extent); the rest train."""
-    n_hold = min(settings.max_holdout, int(n * settings.holdout))
-    if n - n_hold < settings.min_images:
-        n_hold = max(0, n - settings.min_images)
-    if n_hold == 0:
-        return list(range(n)), []
-    held = sorted({int(round(x)) for x in np.linspace(0, n - 1, n_hold + 2)[1:-1]})
-    return [i for i in range(n) if i not in held], held
 
 
 def dice_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -201,6 +140,124 @@ def train_alignment(
     return layer.eval().requires_grad_(False)
 
 
+def _resolve(
+    name: str,
+    library: TaskLibrary | str | None,
+    predictor: Predictor,
+    s: LearnSettings,
+    overwrite: bool,
+    extend: bool,
+) -> tuple[TaskLibrary, LoadedTask | None, LearnSettings]:
+    """The library to save into, the task being extended (if any) and the schedule to use."""
+    lib = (
+        predictor.library
+        if library is None
+        else (library if isinstance(library, TaskLibrary) else TaskLibrary(library))
+    )
+    if lib is None:
+        raise InputError("no task library given: pass library=FOLDER")
+    previous = None
+    if extend:
+        previous = lib.load(name)
+        model = predictor.backbone.identity
+        if previous.info.backbone != model:
+            raise InputError(f"task '{name}' was made with {previous.info.backbone}, not {model}")
+        s = LearnSettings.from_dict(
+            {
+                **previous.info.settings,
+                **{k: v for k, v in s.to_dict().items() if k in ("epochs", "lr", "seed")},
+            }
+        )
+    elif not overwrite:
+        lib.ensure_free(name)
+    return lib, previous, s
+
+
+def _evaluate(
+    backbone: Backbone, layer: AlignmentLayer, emb: dict, hold_samples: list[Sample]
+) -> Generator[Progress, None, dict[str, float | None]]:
+    """Mean held-out IoU and Boundary IoU of plain SAM and of the task (one Progress each)."""
+    scores: dict[str, list[float]] = {
+        "iou_sam": [],
+        "iou_task": [],
+        "biou_sam": [],
+        "biou_task": [],
+    }
+    for k, x in enumerate(hold_samples):
+        e = emb[x.image]
+        box = mask_box(x.mask)
+        bt = torch.from_numpy(e.geometry.boxes_to_input(box)).to(backbone.device)
+        with torch.no_grad():
+            for key, z in (("sam", e.z[None]), ("task", layer(e.z[None].to(backbone.device)))):
+                logits, _ = backbone.decode(z.to(backbone.device), bt)
+                pred = (backbone.upscale_masks(logits, e.geometry)[0] > 0).cpu().numpy()
+                scores[f"iou_{key}"].append(iou(pred, x.mask))
+                scores[f"biou_{key}"].append(boundary_iou(pred, x.mask))
+        yield Progress("evaluate", k + 1, len(hold_samples))
+    return {k: (float(np.mean(v)) if v else None) for k, v in scores.items()}
+
+
+def _training_tensors(
+    backbone: Backbone, emb: dict, order: list[int], samples: list[Sample]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(M, 256, 64, 64) embeddings of the training images (in ``order``), (N, 4) boxes in the
+    input frame, (N, 256, 256) low-res targets and (N,) index of each sample's embedding."""
+    slot = {i: j for j, i in enumerate(order)}
+    z_all = torch.stack([emb[i].z for i in order])
+    targets = torch.stack([backbone.lowres_target(x.mask, emb[x.image].geometry) for x in samples])
+    boxes = torch.from_numpy(
+        np.stack([emb[x.image].geometry.boxes_to_input(mask_box(x.mask))[0] for x in samples])
+    )
+    return z_all, boxes, targets, torch.tensor([slot[x.image] for x in samples])
+
+
+def _fit_router(feats: torch.Tensor, s: LearnSettings) -> tuple[Any, float]:
+    """The task's VAE on its (N, 256) features and its routing threshold (with the margin)."""
+    vae, fold_threshold, _ = fit_router(
+        feats,
+        folds=s.folds,
+        percentile=s.percentile,
+        seed=s.seed,
+        beta=s.beta,
+        steps=s.vae_steps,
+        batch=s.vae_batch,
+        lr=s.vae_lr,
+        hidden=s.vae_hidden,
+        latent=s.vae_latent,
+    )
+    return vae, calibrated_threshold(fold_threshold, s.threshold_margin)
+
+
+def _task_info(
+    name: str,
+    backbone: Backbone,
+    s: LearnSettings,
+    layer: AlignmentLayer,
+    threshold: float,
+    counts: tuple[int, int, int],
+    previous: LoadedTask | None,
+    means: dict[str, float | None],
+    t0: float,
+) -> TaskInfo:
+    """The metadata of the learned task; ``counts``: training images, objects, held-out images."""
+    n_images, n_objects, n_holdout = counts
+    return new_task_info(
+        name,
+        backbone=backbone.identity,
+        threshold=threshold,
+        blocks=layer.n_blocks,
+        n_images=n_images + (previous.info.n_images if previous else 0),
+        n_objects=n_objects + (previous.info.n_objects if previous else 0),
+        n_holdout=n_holdout,
+        settings={
+            **s.to_dict(),
+            "bf16": _use_bf16(s, backbone),
+            "train_seconds": round(time.perf_counter() - t0, 1),
+        },
+        **means,
+    )
+
+
 def iter_learn_task(
     images: Sequence[np.ndarray],
     masks: Sequence[np.ndarray],
@@ -218,29 +275,8 @@ def iter_learn_task(
     name = validate_name(name)
     if predictor is None:
         predictor = Predictor(library=library)
-    lib = (
-        predictor.library
-        if library is None
-        else (library if isinstance(library, TaskLibrary) else TaskLibrary(library))
-    )
-    if lib is None:
-        raise InputError("no task library given: pass library=FOLDER")
+    lib, previous, s = _resolve(name, library, predictor, s, overwrite, extend)
     backbone = predictor.backbone
-    previous = None
-    if extend:
-        previous = lib.load(name)
-        if previous.info.backbone != backbone.identity:
-            raise InputError(
-                f"task '{name}' was made with {previous.info.backbone}, not {backbone.identity}"
-            )
-        s = LearnSettings.from_dict(
-            {
-                **previous.info.settings,
-                **{k: v for k, v in s.to_dict().items() if k in ("epochs", "lr", "seed")},
-            }
-        )
-    elif not overwrite:
-        lib.ensure_free(name)
 
     used, samples = collect_samples(images, masks, label, image_names)
     if not used:
@@ -268,74 +304,29 @@ def iter_learn_task(
     train_samples = [x for x in samples if x.image in train_set]
     hold_samples = [x for x in samples if x.image in hold_set]
     order = sorted(train_set)
-    slot = {i: j for j, i in enumerate(order)}
-    z_all = torch.stack([emb[i].z for i in order])
-    targets = torch.stack(
-        [backbone.lowres_target(x.mask, emb[x.image].geometry) for x in train_samples]
-    )
-    boxes = torch.from_numpy(
-        np.stack([emb[x.image].geometry.boxes_to_input(mask_box(x.mask))[0] for x in train_samples])
-    )
-    where = torch.tensor([slot[x.image] for x in train_samples])
+    z_all, boxes, targets, where = _training_tensors(backbone, emb, order, train_samples)
 
     # 2. the Alignment Layer, through the frozen decoder
     layer = layer_from_state(previous.alignment) if previous else None
     layer = yield from train_alignment(
         backbone, z_all, boxes, targets, s, layer=layer, where=where, gen=gen
     )
-    use_bf16 = _use_bf16(s, backbone)
 
     # 3. the VAE router and its threshold (features of the training images only)
     feats = torch.stack([emb[i].feature for i in order]).float()
     if previous is not None and FEATURES in previous.router:
         feats = torch.cat([previous.router[FEATURES].float(), feats])
-    vae_kw = dict(
-        steps=s.vae_steps, batch=s.vae_batch, lr=s.vae_lr, hidden=s.vae_hidden, latent=s.vae_latent
-    )
     yield Progress("vae", 0, 1, message=f"VAE and {s.folds}-fold threshold")
-    vae, fold_threshold, _ = fit_router(
-        feats, folds=s.folds, percentile=s.percentile, seed=s.seed, beta=s.beta, **vae_kw
-    )
-    threshold = calibrated_threshold(fold_threshold, s.threshold_margin)
+    vae, threshold = _fit_router(feats, s)
     yield Progress("vae", 1, 1, message=f"threshold {threshold:.4g}")
 
     # 4. held-out IoU: plain SAM versus the new layer, box = the object's bounding box
-    scores: dict[str, list[float]] = {
-        "iou_sam": [],
-        "iou_task": [],
-        "biou_sam": [],
-        "biou_task": [],
-    }
-    for k, x in enumerate(hold_samples):
-        e = emb[x.image]
-        box = mask_box(x.mask)
-        bt = torch.from_numpy(e.geometry.boxes_to_input(box)).to(backbone.device)
-        with torch.no_grad():
-            for key, z in (("sam", e.z[None]), ("task", layer(e.z[None].to(backbone.device)))):
-                logits, _ = backbone.decode(z.to(backbone.device), bt)
-                pred = (backbone.upscale_masks(logits, e.geometry)[0] > 0).cpu().numpy()
-                scores[f"iou_{key}"].append(iou(pred, x.mask))
-                scores[f"biou_{key}"].append(boundary_iou(pred, x.mask))
-        yield Progress("evaluate", k + 1, len(hold_samples))
-    means = {k: (float(np.mean(v)) if v else None) for k, v in scores.items()}
+    means = yield from _evaluate(backbone, layer, emb, hold_samples)
 
     # 5. save, atomically (nothing was written before this point)
-    info = new_task_info(
-        name,
-        backbone=backbone.identity,
-        threshold=threshold,
-        blocks=layer.n_blocks,
-        n_images=len(train_img) + (previous.info.n_images if previous else 0),
-        n_objects=len(train_samples) + (previous.info.n_objects if previous else 0),
-        n_holdout=len(hold_img),
-        settings={
-            **s.to_dict(),
-            "bf16": use_bf16,
-            "train_seconds": round(time.perf_counter() - t0, 1),
-        },
-        **means,
-    )
     yield Progress("save", 0, 1)
+    counts = (len(train_img), len(train_samples), len(hold_img))
+    info = _task_info(name, backbone, s, layer, threshold, counts, previous, means, t0)
     saved = lib.save(
         info, layer.state_dict(), router_state(vae, feats), overwrite=overwrite or extend
     )

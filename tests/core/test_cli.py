@@ -288,3 +288,26 @@ def test_tasks_lists_from_metadata_without_building_a_model(capsys, tmp_path, mo
     assert code == 0 and "B" in out and err == ""
     code, out, err = run(capsys, "tasks", "--library", lib.root, "--verify")
     assert code == 0 and "stray.pkl" in err
+
+
+@pytest.mark.parametrize(
+    ("extra", "needles"),
+    [
+        (["--box", "50", "50", "60", "60", "--out", "{d}/o.png"], ["outside"]),
+        (["--box", "20", "20", "5", "5", "--out", "{d}/o.png"], ["inverted"]),
+        (["--box", "1", "1", "5", "5", "--out", "{d}/o.bmp"], ["--out", ".bmp"]),
+        (["--box", "1", "1", "5", "5", "--out", "{d}/o.png", "--task", "ghost"], ["ghost"]),
+    ],
+)
+def test_segment_refuses_bad_input_before_building_a_model(
+    capsys, files, monkeypatch, extra, needles
+):
+    import casam.sam
+
+    def no_model(*a, **k):
+        raise AssertionError("a model was built before the input was checked")
+
+    monkeypatch.setattr(casam.sam.Backbone, "__init__", no_model)
+    argv = ["segment", str(files / "one.npy"), "--library", str(files / "lib")]
+    code, _, err = run(capsys, *argv, *[a.format(d=files) for a in extra])
+    assert_one_line_error(code, err, *needles)

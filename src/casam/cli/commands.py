@@ -47,6 +47,18 @@ def _predictor(args: argparse.Namespace) -> Any:
     )
 
 
+def _check_task_choice(args: argparse.Namespace) -> None:
+    """Refuse a ``--task`` the library has no task of that name for (read from metadata)."""
+    from casam.checkpoints import backbone_identity
+    from casam.routing import AUTO, SAM, check_known
+
+    if args.task in (AUTO, SAM, "SAM"):
+        return
+    model = backbone_identity(args.backbone, args.checkpoint)
+    tasks = _library(args).tasks(model)
+    check_known(args.task, {t.name: t.threshold for t in tasks if t.active}, model)
+
+
 def _fmt(x: float | None, spec: str = ".3f") -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
@@ -163,11 +175,13 @@ def cmd_route(args: argparse.Namespace) -> int:
 
 def cmd_segment(args: argparse.Namespace) -> int:
     from casam.io import (
+        check_mask_path,
         check_slice_mask_target,
         expand_paths,
         read_slices_with_geometry,
         write_slice_mask,
     )
+    from casam.preprocess import check_boxes
 
     if wants_batch(args, "segment"):
         return run_batch(args, "segment")
@@ -177,7 +191,6 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if len(path) != 1:
         raise InputError(f"IMAGE: give one image file, not a folder of {len(path)} files")
     slices, geo = read_slices_with_geometry(path[0])
-    check_slice_mask_target(args.out, geo)
     if args.slice is None and len(slices) > 1:
         raise InputError(
             f"{path[0]} holds {len(slices)} slices; choose one with --slice K "
@@ -189,6 +202,11 @@ def cmd_segment(args: argparse.Namespace) -> int:
             f"--slice {k} is out of range: {path[0]} has {len(slices)} slices "
             f"(0..{len(slices) - 1})"
         )
+    # Everything that can be refused is refused before a model is built (seconds, not minutes).
+    check_boxes(np.array(args.box, dtype=float), *slices[k].shape[:2])
+    if not check_slice_mask_target(args.out, geo):
+        check_mask_path(args.out)
+    _check_task_choice(args)
     p = _predictor(args)
     p.set_image(slices[k])
     pred = p.predict(np.array(args.box, dtype=float), task=args.task)
@@ -214,6 +232,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     pairs, skipped = read_pairs(args.images, args.masks, args.label)
     if not pairs:
         raise InputError("--masks: every mask slice is empty; there is nothing to evaluate")
+    _check_task_choice(args)
     p = _predictor(args)
     ious, bious, tasks = [], [], []
     with _progress(len(pairs), "eval") as bar:

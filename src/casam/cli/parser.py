@@ -12,6 +12,14 @@ from casam.cli import commands as c
 
 EXIT_USAGE = 2
 
+EXAMPLES = """examples:
+  casam learn --name "CT spleen" --images scans/ --masks labels/  # learn (per-user library)
+  casam route scans/patient7.nii.gz                    # which task handles each slice
+  casam segment ct.png --box 40 60 120 150 --out m.png # a mask from a box (routed)
+  casam tasks                                          # the tasks of the library
+  casam download sam_vit_b                             # fetch SAM ViT-B (then --checkpoint)
+"""
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
@@ -20,9 +28,13 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from casam.backbones import BACKBONES
+    from casam.routing import SCORE_HELP
 
     parser = _Parser(
-        prog="casam", description="CA-SAM: SAM with per-task Alignment Layers and a VAE router."
+        prog="casam",
+        description="CA-SAM: SAM with per-task Alignment Layers and a VAE router.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"casam {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -99,7 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.set_defaults(func=c.cmd_learn)
 
-    sp = sub.add_parser("route", help="show which task each image goes to")
+    sp = sub.add_parser(
+        "route",
+        help="show which task each image goes to",
+        description=f"{SCORE_HELP} The JSON output gives the score and the threshold of the "
+        "closest task.",
+    )
     common(sp)
     sp.add_argument("images", nargs="+", metavar="IMAGE")
     sp.add_argument("--json", action="store_true", help="one JSON object per image per line")

@@ -187,12 +187,19 @@ def parse_task(info: TaskInfo, weights: dict[str, bytes], where: str) -> LoadedT
                 "swapped); refused: remove it and learn or export it again"
             )
     align, router = (tt.from_bytes(weights[f], f, where) for f in WEIGHT_FILES)
+    check_against(info, align, router, where)
+    return LoadedTask(info, align, router)
+
+
+def check_against(info: TaskInfo, alignment: Any, router: Any, where: str) -> None:
+    """LibraryError unless the two states are the task ``info`` describes (blocks, threshold)."""
+    from casam import task_tensors as tt
+
     tt.check_tensors(
-        align,
+        alignment,
         router,
         blocks=info.blocks,
         threshold=info.threshold,
         beta=tt.beta_of(info.settings),
         where=where,
     )
-    return LoadedTask(info, align, router)

@@ -50,6 +50,7 @@ from casam.library.format import (
     WEIGHT_FILES,
     LoadedTask,
     TaskInfo,
+    check_against,
     parse_meta,
     parse_task,
 )
@@ -277,14 +278,7 @@ class TaskLibrary:
         failure the library is left as it was.
         """
         name = validate_name(info.name)
-        tt.check_tensors(
-            alignment,
-            router,
-            blocks=info.blocks,
-            threshold=info.threshold,
-            beta=tt.beta_of(info.settings),
-            where=f"task '{name}'",
-        )
+        check_against(info, alignment, router, f"task '{name}'")
         if not overwrite:
             self.ensure_free(name)
         weights = {
