@@ -128,3 +128,37 @@ def decode_prompts(
         rows = torch.arange(masks.shape[0], device=masks.device)
         return masks[rows, best][:, None], iou[rows, best][:, None]
     return masks, iou
+
+
+def sample_points(
+    targets: torch.Tensor, boxes: torch.Tensor, input_size: int, gen: torch.Generator, most: int = 3
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random training clicks: (B, most, 2) points in the input frame and (B, most) labels.
+
+    ``targets`` (B, 256, 256) low-res masks, ``boxes`` (B, 4) in the input frame. Each object gets
+    1..``most`` clicks, each positive (a mask pixel) with probability 3/4, else negative (a pixel
+    inside the box but outside the mask); the first is always positive. Unused slots have label
+    -1 (SAM's "not a point").
+    """
+    b = targets.shape[0]
+    scale = input_size / targets.shape[-1]
+    pts = torch.zeros(b, most, 2)
+    lab = -torch.ones(b, most, dtype=torch.int64)
+    ys, xs = torch.meshgrid(
+        torch.arange(targets.shape[1]), torch.arange(targets.shape[2]), indexing="ij"
+    )
+    for i in range(b):
+        fg = targets[i] > 0.5
+        bx = boxes[i] / scale
+        inside = (xs >= bx[0]) & (xs < bx[2]) & (ys >= bx[1]) & (ys < bx[3])
+        pools = (fg.nonzero(), (inside & ~fg).nonzero())
+        n = int(torch.randint(1, most + 1, (1,), generator=gen))
+        for j in range(n):
+            positive = j == 0 or bool(torch.rand(1, generator=gen) < 0.75)
+            pool = pools[0] if positive or len(pools[1]) == 0 else pools[1]
+            if len(pool) == 0:
+                break
+            r, c = pool[int(torch.randint(len(pool), (1,), generator=gen))]
+            pts[i, j] = torch.tensor([float(c), float(r)]) * scale
+            lab[i, j] = int(positive or len(pools[1]) == 0)
+    return pts, lab
