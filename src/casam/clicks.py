@@ -60,7 +60,9 @@ def edit_box(box: np.ndarray | None, clicks: list[Click], height: int, width: in
     pos = [c for c in clicks if c.positive]
     if box is None:
         if not pos:
-            raise InputError("only negative clicks and no object yet: draw a box or click the object")
+            raise InputError(
+                "only negative clicks and no object yet: draw a box or click the object"
+            )
         b = np.array([pos[0].x, pos[0].y, pos[0].x + 1, pos[0].y + 1]) + [-8, -8, 8, 8]
     else:
         b = np.asarray(box, dtype=float).reshape(4).copy()

@@ -131,12 +131,14 @@ def check_volume(volume: np.ndarray, slice_index: int) -> np.ndarray:
         raise InputError(f"volume has shape {v.shape}; expected (Z, H, W) or (Z, H, W, 3)")
     n = v.shape[0]
     if not isinstance(slice_index, (int, np.integer)) or not 0 <= slice_index < n:
-        raise InputError(f"slice {slice_index} is out of range: the volume has {n} slices (0..{n - 1})")
+        raise InputError(
+            f"slice {slice_index} is out of range: the volume has {n} slices (0..{n - 1})"
+        )
     return v
 
 
 def stop_reason(pixels: int, score: float, prev_pixels: int, s: PropagateSettings) -> str | None:
-    """Why a slice with ``pixels`` and SAM score ``score`` ends the structure (None: it does not)."""
+    """Why a slice (``pixels``, SAM score ``score``) ends the structure; None: it does not."""
     if pixels < s.min_pixels:
         return "empty"
     if score < s.min_score:
@@ -340,7 +342,9 @@ def iter_propagate(
     return replace(second, routing="majority")
 
 
-def propagate(predictor, volume: np.ndarray, slice_index: int, callback=None, **kwargs) -> Propagation:
+def propagate(
+    predictor, volume: np.ndarray, slice_index: int, callback=None, **kwargs
+) -> Propagation:
     """:func:`iter_propagate` run to its end; ``callback`` sees every PropagationProgress."""
     from casam.progress import drive
 

@@ -6,8 +6,8 @@ import torch
 
 from casam.clicks import Click, ClickSession, next_click
 from casam.errors import InputError
-from casam.prompts import check_mask_input, check_points, points_to_input, sample_points
 from casam.preprocess import Geometry
+from casam.prompts import check_mask_input, check_points, points_to_input, sample_points
 
 
 def test_next_click_goes_to_the_centre_of_the_largest_error():
@@ -37,7 +37,9 @@ class CountingPredictor:
     def embed(self, image):
         return image
 
-    def predict_embedding(self, e, boxes=None, task="auto", points=None, labels=None, mask_input=None):
+    def predict_embedding(
+        self, e, boxes=None, task="auto", points=None, labels=None, mask_input=None
+    ):
         m = np.zeros(e.shape, bool)
         if boxes is not None:
             x0, y0, x1, y1 = np.asarray(boxes, int).reshape(4)
@@ -45,8 +47,8 @@ class CountingPredictor:
         p, lab = check_points(points, labels, *e.shape)
         if boxes is None and not lab.any():
             raise InputError("only negative points")
-        for (x, y), l in zip(p.astype(int), lab):
-            m[max(0, y - 1) : y + 2, max(0, x - 1) : x + 2] = bool(l)
+        for (x, y), lb in zip(p.astype(int), lab, strict=True):
+            m[max(0, y - 1) : y + 2, max(0, x - 1) : x + 2] = bool(lb)
         return Pred(m)
 
 
@@ -109,10 +111,10 @@ def test_training_clicks_fall_inside_for_positives_and_outside_for_negatives():
     assert pts.shape == (8, 3, 2) and lab.shape == (8, 3)
     assert (lab[:, 0] == 1).all() and (lab == 0).any() and (lab == -1).any()
     for i in range(8):
-        for (x, y), l in zip(pts[i].long(), lab[i]):
-            if l == 1:
+        for (x, y), lb in zip(pts[i].long(), lab[i], strict=True):
+            if lb == 1:
                 assert t[i, y, x] == 1
-            elif l == 0:
+            elif lb == 0:
                 assert t[i, y, x] == 0 and 40 <= x < 140 and 80 <= y < 170
 
 

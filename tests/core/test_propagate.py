@@ -45,7 +45,9 @@ class FakePredictor:
     def is_cached(self, image):
         return image.tobytes() in self.cached
 
-    def predict_embedding(self, e, boxes=None, task="auto", points=None, labels=None, mask_input=None):
+    def predict_embedding(
+        self, e, boxes=None, task="auto", points=None, labels=None, mask_input=None
+    ):
         self.calls.append(boxes)
         img = e.image
         x0, y0, x1, y1 = np.asarray(boxes, float).reshape(4)
@@ -119,8 +121,14 @@ def test_neighbour_box_keeps_the_seed_margins():
 
 def test_locked_slices_are_never_changed():
     v = ball_volume()
-    r = propagate(FakePredictor(), v, 10, box=gt_box(v, 10), locked={12, 6},
-                  settings=PropagateSettings(min_pixels=3, prefetch=0))
+    r = propagate(
+        FakePredictor(),
+        v,
+        10,
+        box=gt_box(v, 10),
+        locked={12, 6},
+        settings=PropagateSettings(min_pixels=3, prefetch=0),
+    )
     assert r.stops == {"up": "edited at 12", "down": "edited at 6"}
     assert r.indices == [7, 8, 9, 10, 11]
 
@@ -131,9 +139,13 @@ def test_majority_routing_gives_one_task_to_the_volume():
     s = PropagateSettings(min_pixels=3, min_shrink=0.05, prefetch=0)
     per_slice = propagate(FakePredictor(), v, 10, box=gt_box(v, 10), settings=s)
     assert per_slice.tasks["b"] == 2
-    maj = propagate(FakePredictor(), v, 10, box=gt_box(v, 10),
-                    settings=PropagateSettings(min_pixels=3, min_shrink=0.05, prefetch=0,
-                                               routing="majority"))
+    maj = propagate(
+        FakePredictor(),
+        v,
+        10,
+        box=gt_box(v, 10),
+        settings=PropagateSettings(min_pixels=3, min_shrink=0.05, prefetch=0, routing="majority"),
+    )
     assert set(maj.tasks) == {"a"} and maj.routing == "majority"
     assert np.array_equal(maj.masks, per_slice.masks)
 
@@ -141,8 +153,13 @@ def test_majority_routing_gives_one_task_to_the_volume():
 def test_prefetch_embeds_ahead_in_a_background_thread():
     v = ball_volume()
     fake = FakePredictor()
-    r = propagate(fake, v, 10, box=gt_box(v, 10),
-                  settings=PropagateSettings(min_pixels=3, min_shrink=0.05, prefetch=2))
+    r = propagate(
+        fake,
+        v,
+        10,
+        box=gt_box(v, 10),
+        settings=PropagateSettings(min_pixels=3, min_shrink=0.05, prefetch=2),
+    )
     assert any(t.startswith("casam-prefetch") for t in fake.embed_threads)
     assert len(r.slices) > 10
     assert not [t for t in threading.enumerate() if t.name.startswith("casam-prefetch")]
@@ -162,8 +179,9 @@ def test_seed_from_a_hand_drawn_mask():
     v = ball_volume()
     seed = v[10] >= 100
     seed[0, :2] = False
-    r = propagate(FakePredictor(), v, 10, mask=seed,
-                  settings=PropagateSettings(min_pixels=3, prefetch=0))
+    r = propagate(
+        FakePredictor(), v, 10, mask=seed, settings=PropagateSettings(min_pixels=3, prefetch=0)
+    )
     assert np.array_equal(r.masks[10], seed) and np.isnan(r.slices[r.indices.index(10)].score)
     assert r.masks[11].any() and r.masks[9].any()
 
