@@ -176,9 +176,14 @@ def cmd_segment(args: argparse.Namespace) -> int:
             f"--slice {k} is out of range: {path[0]} has {len(slices)} slices "
             f"(0..{len(slices) - 1})"
         )
+    from casam.cli.volume import segment_prompts, segment_volume
+
+    boxes, points, labels = segment_prompts(args)
+    if args.propagate:
+        return segment_volume(args, path[0], slices, k, boxes, points, labels)
     p = _predictor(args)
     p.set_image(slices[k])
-    pred = p.predict(np.array(args.box, dtype=float), task=args.task)
+    pred = p.predict(boxes, task=args.task, points=points, labels=labels)
     mask = pred.masks.any(axis=0)
     out = write_mask(args.out, mask)
     used = pred.task or "SAM"
