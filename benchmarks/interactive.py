@@ -202,13 +202,30 @@ def main(argv=None) -> int:
     from casam.predictor import Predictor
 
     res = {"machine": machine()}
+    out = Path(args.out)
+
+    def save() -> None:  # after every section: a slow machine still leaves what was measured
+        res["load_avg_1m_now"] = round(os.getloadavg()[0], 2)
+        out.write_text(json.dumps(res, indent=1, default=str))
+
     p = Predictor(library=LIB, disk_cache=EMB_CACHE)
     p_box = Predictor(backbone=p.backbone, library=LIB_BOX_ONLY, disk_cache=EMB_CACHE)
     print("1. propagation settings, on the validation volume", flush=True)
     best, settings, res["tuning"] = tune(p)
     res["chosen_settings"] = best
+    save()
+    print("2. 3-D from one box, plain SAM", flush=True)
+    res["three_d"] = {}
+    for name, (_, _, role, _) in VOLUMES.items():
+        res["three_d"][name] = {"role": role, "plain SAM": three_d(p, name, "sam", settings)}
+        print(f"  {name}: {json.dumps(res['three_d'][name])}", flush=True)
+        save()
+    print("3. times", flush=True)
+    res["times"] = timings(p, "MR liver")
+    print(f"  {res['times']}", flush=True)
+    save()
     tasks = {t.name: t for t in datasets.load_tasks()}
-    print("2. tasks (default schedule), with and without click prompts", flush=True)
+    print("4. tasks (default schedule), with and without click prompts", flush=True)
     res["box_only_check"] = {}
     for name in LEARN_TASKS:
         learn(p, tasks[name], 0.3)
@@ -220,15 +237,14 @@ def main(argv=None) -> int:
             "box_iou_plain_sam": heldout_iou(p, tasks[name].test, None)[0],
         }
         print(f"  {name}: {res['box_only_check'][name]}", flush=True)
-    print("3. 3-D from one box", flush=True)
-    res["three_d"] = {}
-    for name, (_, _, role, task) in VOLUMES.items():
-        rows = {"plain SAM": three_d(p, name, "sam", settings)}
+    save()
+    print("5. 3-D from one box, learned tasks", flush=True)
+    for name, (_, _, _, task) in VOLUMES.items():
         if task is not None:
-            rows["learned task (routed)"] = three_d(p, name, "auto", settings)
-        res["three_d"][name] = {"role": role, **rows}
-        print(f"  {name}: {json.dumps(rows)}", flush=True)
-    print("4. clicks to quality (test splits)", flush=True)
+            res["three_d"][name]["learned task (routed)"] = three_d(p, name, "auto", settings)
+            print(f"  {name}: {json.dumps(res['three_d'][name])}", flush=True)
+            save()
+    print("6. clicks to quality (test splits)", flush=True)
     res["clicks"] = {}
     for name in CLICK_TASKS:
         res["clicks"][name] = {
@@ -236,12 +252,10 @@ def main(argv=None) -> int:
             "learned task": clicks_to_quality(p, tasks[name].test, name),
         }
         print(f"  {name}: {json.dumps(res['clicks'][name])}", flush=True)
-    print("5. times", flush=True)
-    res["times"] = timings(p, "MR liver")
-    print(f"  {res['times']}", flush=True)
-    res["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
-    Path(args.out).write_text(json.dumps(res, indent=1, default=str))
-    print(f"wrote {args.out}")
+        save()
+    res["finished"] = True
+    save()
+    print(f"wrote {out}")
     return 0
 
 
