@@ -8,7 +8,7 @@ volumes along their slice (last) axis. ``(H, W, 3|4)`` arrays are single RGB(A) 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,6 +163,21 @@ def read_pairs(
     return pairs, skipped
 
 
+def atomic_write(p: Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``p``, then rename it over ``p``: a failed
+    or interrupted write leaves whatever was at ``p`` untouched."""
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp{suffix_of(p)}")
+    try:
+        write(tmp)
+        os.replace(tmp, p)
+    except OSError as e:
+        raise InputError(f"--out: cannot write {p} ({e.strerror or e})") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return p
+
+
 def write_mask(path: str | Path, mask: np.ndarray) -> Path:
     """Write a 2-D binary mask atomically: PNG/JPG as 0/255, TIFF/NPY as 0/1 uint8."""
     p = Path(path).expanduser()
@@ -170,8 +185,12 @@ def write_mask(path: str | Path, mask: np.ndarray) -> Path:
     m = np.asarray(mask, bool).astype(np.uint8)
     if not p.parent.is_dir():
         raise InputError(f"--out: folder {p.parent} does not exist")
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp{sfx}")
-    try:
+    if sfx not in (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy"):
+        raise InputError(
+            f"--out: cannot write {sfx or 'a file without suffix'}; use .png, .tif or .npy"
+        )
+
+    def write(tmp: Path) -> None:
         if sfx in (".png", ".jpg", ".jpeg"):
             import imageio.v3 as iio
 
@@ -180,17 +199,8 @@ def write_mask(path: str | Path, mask: np.ndarray) -> Path:
             import tifffile
 
             tifffile.imwrite(tmp, m, compression="zlib")
-        elif sfx == ".npy":
+        else:
             with open(tmp, "wb") as f:
                 np.save(f, m, allow_pickle=False)
-        else:
-            raise InputError(
-                f"--out: cannot write {sfx or 'a file without suffix'}; use .png, .tif or .npy"
-            )
-        os.replace(tmp, p)
-    except OSError as e:
-        raise InputError(f"--out: cannot write {p} ({e.strerror or e})") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return p
+
+    return atomic_write(p, write)

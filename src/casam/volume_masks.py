@@ -9,13 +9,12 @@ origin. TIFF/NPY masks are (Z, H, W) uint8 0/1. Writes are atomic (temporary fil
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from casam.errors import InputError
-from casam.io import suffix_of
+from casam.io import atomic_write, suffix_of
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".tif", ".tiff", ".npy")
 
@@ -68,13 +67,4 @@ def write_volume_mask(path: str | Path, mask: np.ndarray, source: str | Path | N
         raise InputError(f"--out: folder {p.parent} does not exist")
     src = Path(source) if source is not None else None
     m = _to_source_layout(np.asarray(mask, bool).astype(np.uint8), src)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp{sfx}")
-    try:
-        _write(tmp, sfx, m, src)
-        os.replace(tmp, p)
-    except OSError as e:
-        raise InputError(f"--out: cannot write {p} ({e.strerror or e})") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return p
+    return atomic_write(p, lambda tmp: _write(tmp, sfx, m, src))
