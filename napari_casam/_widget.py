@@ -20,6 +20,7 @@ from napari_casam import _prompts
 from napari_casam._layers import Index, n_leading
 from napari_casam._model import DockModel, LearnModel
 from napari_casam._model.engine import EngineModel
+from napari_casam._model.volume import VolumeTools
 from napari_casam._prompts import ViewerLayers, is_user_image
 from napari_casam._qt.close_guard import CloseGuard
 from napari_casam._qt.common import section
@@ -27,6 +28,7 @@ from napari_casam._qt.learn_panel import LearnPanel
 from napari_casam._qt.library_panel import LibraryPanel
 from napari_casam._qt.model_panel import ModelPanel
 from napari_casam._qt.segment_panel import SegmentPanel
+from napari_casam._qt.volume_panel import VolumePanel
 from napari_casam._session import Session, guard_triton
 from napari_casam._settings import PluginSettings
 from napari_casam._texts import TIPS
@@ -107,6 +109,9 @@ class CasamWidget(QWidget):
         self.prepare_btn, self.interp_btn = seg.prepare_btn, seg.interp_btn
         self.job_bar, self.job_cancel = seg.jobs.bar, seg.jobs.cancel
         layout.addWidget(seg)
+        self.volume_tools = VolumeTools(self.state)
+        self.volume_panel = VolumePanel(self.viewer, self.volume_tools, lambda: self.image_layer)
+        seg.layout().addRow(self.volume_panel)
         self.learn = LearnPanel(
             self.viewer, self.learn_model, lambda: self.image_layer, self.masks_layer
         )
