@@ -15,7 +15,7 @@ def spleen_viewer(make_napari_viewer, ct_spleen):
     return viewer, masks[2:29:3].astype(bool)
 
 
-def test_box_propagate_negative_click_undo(spleen_viewer, open_dock, h, wait_idle, qtbot):
+def test_box_propagate_negative_click_undo(spleen_viewer, open_dock, h, wait_idle):
     viewer, gt = spleen_viewer
     k = int(np.argmax(gt.sum((1, 2))))
     viewer.dims.set_current_step(0, k)
@@ -34,8 +34,7 @@ def test_box_propagate_negative_click_undo(spleen_viewer, open_dock, h, wait_idl
     assert "one undo step" in w.status.text()
     # a negative click inside the object, on the slice in view
     pts = w.volume_panel.clicks_layer()
-    qtbot.waitUntil(lambda: viewer.layers.selection.active is pts, timeout=5000)
-    assert pts.mode == "add"
+    assert pts.mode == "add" and pts.name == "CT clicks"
     w.volume_panel.negative.setChecked(True)
     ys, xs = np.nonzero(lab[k] == 1)
     y, x = int(np.median(ys)), int(np.median(xs))
