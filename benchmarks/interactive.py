@@ -193,37 +193,10 @@ def timings(p, name: str) -> dict:
     return out
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "interactive.json"))
-    args = ap.parse_args(argv)
+def learned_sections(p, p_box, res: dict, save, settings: dict) -> None:
+    """Sections 4-6: tasks learned with and without click prompts, their 3-D and clicks."""
     import datasets
 
-    from casam.predictor import Predictor
-
-    res = {"machine": machine()}
-    out = Path(args.out)
-
-    def save() -> None:  # after every section: a slow machine still leaves what was measured
-        res["load_avg_1m_now"] = round(os.getloadavg()[0], 2)
-        out.write_text(json.dumps(res, indent=1, default=str))
-
-    p = Predictor(library=LIB, disk_cache=EMB_CACHE)
-    p_box = Predictor(backbone=p.backbone, library=LIB_BOX_ONLY, disk_cache=EMB_CACHE)
-    print("1. propagation settings, on the validation volume", flush=True)
-    best, settings, res["tuning"] = tune(p)
-    res["chosen_settings"] = best
-    save()
-    print("2. 3-D from one box, plain SAM", flush=True)
-    res["three_d"] = {}
-    for name, (_, _, role, _) in VOLUMES.items():
-        res["three_d"][name] = {"role": role, "plain SAM": three_d(p, name, "sam", settings)}
-        print(f"  {name}: {json.dumps(res['three_d'][name])}", flush=True)
-        save()
-    print("3. times", flush=True)
-    res["times"] = timings(p, "MR liver")
-    print(f"  {res['times']}", flush=True)
-    save()
     tasks = {t.name: t for t in datasets.load_tasks()}
     print("4. tasks (default schedule), with and without click prompts", flush=True)
     res["box_only_check"] = {}
@@ -253,6 +226,39 @@ def main(argv=None) -> int:
         }
         print(f"  {name}: {json.dumps(res['clicks'][name])}", flush=True)
         save()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "interactive.json"))
+    args = ap.parse_args(argv)
+
+    from casam.predictor import Predictor
+
+    res = {"machine": machine()}
+    out = Path(args.out)
+
+    def save() -> None:  # after every section: a slow machine still leaves what was measured
+        res["load_avg_1m_now"] = round(os.getloadavg()[0], 2)
+        out.write_text(json.dumps(res, indent=1, default=str))
+
+    p = Predictor(library=LIB, disk_cache=EMB_CACHE)
+    p_box = Predictor(backbone=p.backbone, library=LIB_BOX_ONLY, disk_cache=EMB_CACHE)
+    print("1. propagation settings, on the validation volume", flush=True)
+    best, settings, res["tuning"] = tune(p)
+    res["chosen_settings"] = best
+    save()
+    print("2. 3-D from one box, plain SAM", flush=True)
+    res["three_d"] = {}
+    for name, (_, _, role, _) in VOLUMES.items():
+        res["three_d"][name] = {"role": role, "plain SAM": three_d(p, name, "sam", settings)}
+        print(f"  {name}: {json.dumps(res['three_d'][name])}", flush=True)
+        save()
+    print("3. times", flush=True)
+    res["times"] = timings(p, "MR liver")
+    print(f"  {res['times']}", flush=True)
+    save()
+    learned_sections(p, p_box, res, save, settings)
     res["finished"] = True
     save()
     print(f"wrote {out}")
