@@ -14,9 +14,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from casam.backbones import LOWRES, Backbone, _paired_decode
+from casam.backbones import LOWRES
 from casam.errors import InputError
 from casam.preprocess import Geometry
+from casam.sam import Backbone, _paired_decode
 
 
 def check_points(
