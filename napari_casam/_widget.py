@@ -20,9 +20,11 @@ from napari_casam import _prompts
 from napari_casam._layers import Index, n_leading
 from napari_casam._model import DockModel, LearnModel
 from napari_casam._model.engine import EngineModel
+from napari_casam._model.volume import VolumeTools
 from napari_casam._prompts import ViewerLayers, is_user_image
 from napari_casam._qt.close_guard import CloseGuard
 from napari_casam._qt.common import section
+from napari_casam._qt.interactive_panel import InteractivePanel
 from napari_casam._qt.learn_panel import LearnPanel
 from napari_casam._qt.library_panel import LibraryPanel
 from napari_casam._qt.model_panel import ModelPanel
@@ -112,6 +114,11 @@ class CasamWidget(QWidget):
         layout.addWidget(
             section("Clinical volume", TIPS["volume_box"], self.volume, expanded=False)
         )
+        self.volume_tools = VolumeTools(self.state)
+        self.volume_panel = InteractivePanel(
+            self.viewer, self.volume_tools, lambda: self.image_layer
+        )
+        seg.layout().addRow(self.volume_panel)
         self.learn = LearnPanel(
             self.viewer, self.learn_model, lambda: self.image_layer, self.masks_layer
         )

@@ -39,6 +39,8 @@ class Prediction:
     route: RouteDecision
     task: str | None
     """The task whose Alignment Layer was used; None = plain SAM."""
+    logits: np.ndarray | None = None
+    """(N, 256, 256) float32 low-res logits: feed one back as ``mask_input`` to refine it."""
 
 
 class Predictor:
@@ -192,26 +194,71 @@ class Predictor:
 
     def predict(
         self,
-        boxes: np.ndarray | Sequence,
+        boxes: np.ndarray | Sequence | None = None,
         task: str | None = "auto",
         image: np.ndarray | None = None,
+        points: np.ndarray | Sequence | None = None,
+        labels: np.ndarray | Sequence | None = None,
+        mask_input: np.ndarray | None = None,
     ) -> Prediction:
-        """Masks for XYXY boxes (original-image pixels) on the current (or given) image."""
+        """Masks for XYXY boxes and/or XY points (original-image pixels) on the current image.
+
+        ``points`` (P, 2) with ``labels`` (P,) 1 positive / 0 negative (default all positive)
+        and ``mask_input`` (1, 256, 256), a previous ``Prediction.logits``, prompt ONE object
+        (with at most one box); boxes alone give N objects.
+        """
         if image is not None:
             self.set_image(image)
         if self._embedding is None:
             raise InputError("no image set: call set_image(image) before predict(boxes)")
-        return self.predict_embedding(self._embedding, boxes, task)
+        return self.predict_embedding(self._embedding, boxes, task, points, labels, mask_input)
 
     def predict_embedding(
-        self, e: Embedding, boxes: np.ndarray | Sequence, task: str | None = "auto"
+        self,
+        e: Embedding,
+        boxes: np.ndarray | Sequence | None = None,
+        task: str | None = "auto",
+        points: np.ndarray | Sequence | None = None,
+        labels: np.ndarray | Sequence | None = None,
+        mask_input: np.ndarray | None = None,
     ) -> Prediction:
+        from casam.prompts import check_mask_input, check_points, decode_prompts, points_to_input
+
         geo = e.geometry
-        b = check_boxes(boxes, geo.height, geo.width)
+        b = None if boxes is None else check_boxes(boxes, geo.height, geo.width)
+        p, lab = check_points(points, labels, geo.height, geo.width)
+        m = check_mask_input(mask_input)
+        if b is None and len(p) == 0:
+            raise InputError("give a box or at least one point to segment an object")
+        if (len(p) or m is not None) and b is not None and len(b) > 1:
+            raise InputError(f"points and mask_input prompt one object; got {len(b)} boxes")
+        if b is None and m is None and not lab.any():
+            raise InputError(
+                "only negative points and no object yet: draw a box or add a positive point first"
+            )
         name, route = self.resolve_task(e, task)
         z = self._aligned_z(e, name)
         with torch.no_grad():
-            bt = torch.from_numpy(geo.boxes_to_input(b)).to(self.backbone.device)
-            logits, iou = self.backbone.decode(z, bt)
+            bt = None if b is None else torch.from_numpy(geo.boxes_to_input(b))
+            pt = torch.from_numpy(points_to_input(geo, p))[None] if len(p) else None
+            lt = torch.from_numpy(lab)[None] if len(p) else None
+            multimask = b is None and m is None and len(p) == 1
+            logits, iou = decode_prompts(self.backbone, z, bt, pt, lt, m, multimask)
             masks = self.backbone.upscale_masks(logits, geo) > 0
-        return Prediction(masks.cpu().numpy(), iou[:, 0].float().cpu().numpy(), route, name)
+        return Prediction(
+            masks.cpu().numpy(),
+            iou[:, 0].float().cpu().numpy(),
+            route,
+            name,
+            logits[:, 0].float().cpu().numpy(),
+        )
+
+    def propagate(self, volume: np.ndarray, slice_index: int, **kwargs):
+        """Segment one structure through a (Z, H, W) volume from a prompt on one slice.
+
+        See :func:`casam.propagate.propagate` for the arguments; returns a
+        :class:`casam.propagate.Propagation` (3-D mask, per-slice routing and IoU estimates).
+        """
+        from casam.propagate import propagate
+
+        return propagate(self, volume, slice_index, **kwargs)

@@ -88,6 +88,18 @@ def _use_bf16(s: LearnSettings, backbone: Backbone) -> bool:
     )
 
 
+def _point_logits(
+    backbone: Backbone, za: torch.Tensor, boxes: torch.Tensor, targets: torch.Tensor, gen
+) -> torch.Tensor:
+    """Logits of a batch prompted with random clicks, with its boxes half of the time."""
+    from casam.prompts import decode_prompts, sample_points
+
+    pts, lab = sample_points(targets, boxes.cpu(), backbone.input_size, gen)
+    keep_box = float(torch.rand(1, generator=gen)) < 0.5
+    logits, _ = decode_prompts(backbone, za, boxes if keep_box else None, pts, lab)
+    return logits
+
+
 def train_alignment(
     backbone: Backbone,
     z: torch.Tensor,
@@ -129,7 +141,11 @@ def train_alignment(
                 backbone.device
             )
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-                logits, _ = backbone.decode(layer(z[where[idx]].to(backbone.device)), bx)
+                za = layer(z[where[idx]].to(backbone.device))
+                if s.point_share > 0 and float(torch.rand(1, generator=gen)) < s.point_share:
+                    logits = _point_logits(backbone, za, bx, targets[idx], gen)
+                else:
+                    logits, _ = backbone.decode(za, bx)
             loss = dice_bce(logits[:, 0], targets[idx].to(backbone.device))
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -185,8 +185,6 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     if wants_batch(args, "segment"):
         return run_batch(args, "segment")
-    if not args.box:
-        raise InputError("--box: give at least one box X0 Y0 X1 Y1")
     path = expand_paths(args.image, "IMAGE")
     if len(path) != 1:
         raise InputError(f"IMAGE: give one image file, not a folder of {len(path)} files")
@@ -202,14 +200,20 @@ def cmd_segment(args: argparse.Namespace) -> int:
             f"--slice {k} is out of range: {path[0]} has {len(slices)} slices "
             f"(0..{len(slices) - 1})"
         )
+    from casam.cli.volume import segment_prompts, segment_volume
+
+    boxes, points, labels = segment_prompts(args)
     # Everything that can be refused is refused before a model is built (seconds, not minutes).
-    check_boxes(np.array(args.box, dtype=float), *slices[k].shape[:2])
+    if boxes is not None:
+        check_boxes(boxes, *slices[k].shape[:2])
+    _check_task_choice(args)
+    if args.propagate:
+        return segment_volume(args, path[0], slices, k, boxes, points, labels, geo)
     if not check_slice_mask_target(args.out, geo):
         check_mask_path(args.out)
-    _check_task_choice(args)
     p = _predictor(args)
     p.set_image(slices[k])
-    pred = p.predict(np.array(args.box, dtype=float), task=args.task)
+    pred = p.predict(boxes, task=args.task, points=points, labels=labels)
     mask = pred.masks.any(axis=0)
     out = write_slice_mask(args.out, mask, k, geo)
     used = pred.task or "SAM"

@@ -142,14 +142,35 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("X0", "Y0", "X1", "Y1"),
         help="box in image pixels (repeat for several objects; their masks are merged)",
     )
+    sp.add_argument(
+        "--point",
+        nargs=2,
+        type=float,
+        action="append",
+        metavar=("X", "Y"),
+        help="a positive click on the object, image pixels of the slice (repeatable)",
+    )
+    sp.add_argument(
+        "--negative-point",
+        nargs=2,
+        type=float,
+        action="append",
+        metavar=("X", "Y"),
+        help="a negative click: not the object (repeatable)",
+    )
     sp.add_argument("--task", default="auto", help="auto (route), sam (plain SAM) or a task name")
     sp.add_argument("--slice", type=int, default=None, help="slice index for a volume")
+    sp.add_argument(
+        "--propagate",
+        action="store_true",
+        help="segment the structure through the whole volume from the prompt on --slice",
+    )
     sp.add_argument(
         "--out",
         required=True,
         help="mask file to write (.png, .tif, .npy); for a volume IMAGE also .nii.gz, .nrrd, .mha "
-        "or .dcm (DICOM SEG): a volume on the image's grid, zero except slice K; with several "
-        "inputs, a folder for <name>.tif",
+        "or .dcm (DICOM SEG): a volume on the image's grid (with --propagate the whole structure, "
+        "else zero except slice K); with several inputs, a folder for <name>.tif",
     )
     add_options(sp, "segment")
     sp.set_defaults(func=c.cmd_segment)

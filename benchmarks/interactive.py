@@ -1,0 +1,269 @@
+"""Interactive 3-D: one box through a volume (propagation), clicks to quality, and their times.
+
+    nice -n 10 python benchmarks/interactive.py [--out benchmarks/results/interactive.json]
+
+Volumes (real, see datasets.py): CT spleen (example_ct_sm) is the VALIDATION volume the
+propagation settings are chosen on; CT liver (example_ct), MR liver and MR spleen
+(example_mr_sm) and the tumours of the test cases (lung1, brain2) are reported. Each volume is
+its axial slices from 3 slices before the structure's first to 3 after its last.
+
+- 3-D from one box: the ground-truth box on the slice of largest area, propagated; beside it the
+  bound "a ground-truth box on every slice" and linear interpolation of the boxes of the first and
+  last slice. Plain SAM and the learned task (routed per slice, and by volume majority).
+- Clicks: from the ground-truth box, each next click at the centre of the largest error region;
+  IoU after 1, 3, 5 clicks, NoC@85/90 capped at 20, on the test split of each task's slices.
+- Tasks are learned with the default LearnSettings on each task's training split
+  (datasets.load_tasks), once with point prompts (point_share 0.3, the default) and, for the
+  box-only check, once without (point_share 0); both are scored with boxes on the test split.
+- Times: propagation s/slice uncached and cached; a click to an updated mask on a cached slice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import EMB_CACHE, box_of, heldout_iou, machine  # noqa: E402
+
+LIB = Path("~/.cache/napari-casam/bench-interactive-lib").expanduser()
+LIB_BOX_ONLY = LIB.with_name("bench-interactive-lib-box-only")
+LEARN_TASKS = ("CT liver", "MR liver")  # learned with click prompts (point_share 0.3)
+BOX_ONLY_TASKS = ("CT liver",)  # also learned without, for the box-only check
+CLICK_TASKS = ("CT liver", "MR liver")
+VOLUMES = {  # name: (reader args, label, role, task)
+    "CT spleen": (("example_ct_sm.nii.gz", "example_seg.nii.gz"), 1, "validation", None),
+    "CT liver": (
+        ("example_ct.nii.gz", "example_seg_fast_force_split.nii.gz"),
+        5,
+        "test",
+        "CT liver",
+    ),
+    "MR liver": (("example_mr_sm.nii.gz", "example_seg_mr.nii.gz"), 5, "test", "MR liver"),
+    "MR spleen": (("example_mr_sm.nii.gz", "example_seg_mr.nii.gz"), 1, "test", None),
+    "CT lung tumour (lung1)": ("lung1", 1, "test", None),
+    "MR brain tumour (brain2)": ("brain2", 1, "test", None),
+}
+CANDIDATES = {  # propagation settings tried on the validation volume
+    "seed margins + 2 px (default)": {},
+    "fixed 10% margin": {"seed_margins": False, "box_margin": 0.1, "box_pad": 0.0},
+    "seed margins + logits": {"use_logits": True},
+    "seed margins + interior point": {"interior_point": True},
+}
+
+
+def axial_volume(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(Z, H, W) image and bool ground truth, slices around the structure (3 either side)."""
+    import datasets
+
+    src, label, _, _ = VOLUMES[name]
+    vol = datasets.read_nrrd_case(src) if isinstance(src, str) else datasets.read_nifti_case(*src)
+    z = [k for k in datasets.candidate_indices(vol, "axial", (label,))]
+    ks = range(max(0, z[0] - 3), min(vol.image.shape[2], z[-1] + 4))
+    pairs = [datasets.plane_slice(vol, "axial", k, (label,)) for k in ks]
+    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]).astype(bool)
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    s = a.sum() + b.sum()
+    return 1.0 if s == 0 else float(2 * (a & b).sum() / s)
+
+
+def per_slice_boxes(p, vol, boxes: dict[int, np.ndarray], task) -> np.ndarray:
+    out = np.zeros(vol.shape[:3], bool)
+    for k, b in boxes.items():
+        out[k] = p.predict_embedding(p.embed(vol[k]), b, task).masks[0]
+    return out
+
+
+def interpolated_boxes(gt: np.ndarray) -> dict[int, np.ndarray]:
+    """Boxes on the first and last slice with the structure, linearly interpolated between."""
+    ks = [k for k in range(len(gt)) if gt[k].any()]
+    a, b = box_of(gt[ks[0]]), box_of(gt[ks[-1]])
+    return {k: a + (b - a) * (k - ks[0]) / max(1, ks[-1] - ks[0]) for k in range(ks[0], ks[-1] + 1)}
+
+
+def three_d(p, name: str, task, settings) -> dict:
+    from casam.propagate import PropagateSettings, propagate
+
+    vol, gt = axial_volume(name)
+    k = int(np.argmax(gt.sum((1, 2))))
+    every = {j: box_of(gt[j]) for j in range(len(gt)) if gt[j].any()}
+    row = {"slices": len(vol), "seed": k, "task": task}
+    row["gt_box_every_slice"] = dice(per_slice_boxes(p, vol, every, task), gt)
+    row["interpolated_boxes"] = dice(per_slice_boxes(p, vol, interpolated_boxes(gt), task), gt)
+    for routing in ("slice", "majority") if task == "auto" else ("slice",):
+        s = PropagateSettings(**{**settings, "routing": routing})
+        r = propagate(p, vol, k, box=box_of(gt[k]), task=task, settings=s)
+        row[f"one_box_{routing}"] = dice(r.masks, gt)
+        row[f"stops_{routing}"] = r.stops
+        row[f"tasks_{routing}"] = {str(t): n for t, n in r.tasks.items()}
+    return row
+
+
+def tune(p) -> tuple[str, dict, dict]:
+    from casam.propagate import PropagateSettings, propagate
+
+    vol, gt = axial_volume("CT spleen")
+    k = int(np.argmax(gt.sum((1, 2))))
+    scores = {}
+    for label, kw in CANDIDATES.items():
+        r = propagate(p, vol, k, box=box_of(gt[k]), task="sam", settings=PropagateSettings(**kw))
+        scores[label] = dice(r.masks, gt)
+        print(f"  validation CT spleen, {label}: Dice {scores[label]:.3f}", flush=True)
+    best = max(scores, key=scores.get)
+    return best, CANDIDATES[best], scores
+
+
+def clicks_to_quality(p, pairs, task, n_max: int = 20, most: int = 6) -> dict:
+    from _common import evenly
+
+    from casam.clicks import ClickSession, next_click
+    from casam.metrics import iou
+
+    curves, noc = [], {85: [], 90: []}
+    for img, m in evenly(pairs, most):
+        gt = np.asarray(m) > 0
+        s = ClickSession(p, img, box_of(gt), task=task)
+        ious = [iou(s.mask, gt)]
+        while len(ious) <= n_max and ious[-1] < 0.90:
+            c = next_click(s.mask, gt)
+            if c is None:
+                break
+            s.add(c.x, c.y, c.positive)
+            ious.append(iou(s.mask, gt))
+        ious += [ious[-1]] * (n_max + 1 - len(ious))
+        curves.append(ious)
+        for t in noc:
+            hit = [i for i, v in enumerate(ious) if v >= t / 100]
+            noc[t].append(hit[0] if hit else n_max)
+    c = np.array(curves)
+    out = {f"iou_after_{n}": float(c[:, n].mean()) for n in (0, 1, 3, 5)}
+    out.update({f"noc{t}": float(np.mean(v)) for t, v in noc.items()})
+    out["images"], out["mode"] = len(curves), s.mode
+    return out
+
+
+def learn(p, task, point_share: float) -> str:
+    from casam import LearnSettings, learn_task
+
+    name = task.name
+    if name not in p.task_names:
+        t0 = time.perf_counter()
+        learn_task(
+            [a for a, _ in task.train],
+            [b for _, b in task.train],
+            name,
+            predictor=p,
+            settings=LearnSettings(point_share=point_share),
+            overwrite=True,
+        )
+        print(f"  learned {name} in {time.perf_counter() - t0:.0f} s", flush=True)
+    return name
+
+
+def timings(p, name: str) -> dict:
+    from casam.clicks import ClickSession
+    from casam.predictor import Predictor
+    from casam.propagate import propagate
+
+    vol, gt = axial_volume(name)
+    k = int(np.argmax(gt.sum((1, 2))))
+    fresh = Predictor(backbone=p.backbone, library=False)  # memory cache only, empty
+    out = {}
+    for label in ("uncached", "cached"):
+        t = time.perf_counter()
+        r = propagate(fresh, vol, k, box=box_of(gt[k]), task="sam")
+        out[f"propagate_s_per_slice_{label}"] = (time.perf_counter() - t) / len(r.slices)
+    s = ClickSession(fresh, vol[k], box_of(gt[k]), task="sam", mode="points")
+    ts = []
+    for i in range(7):
+        t = time.perf_counter()
+        s.add(*box_of(gt[k])[:2] + 3 + i, True)
+        ts.append(time.perf_counter() - t)
+    out["click_ms_cached"] = float(np.median(ts[1:]) * 1000)
+    out["load_avg_1m"] = round(os.getloadavg()[0], 2)
+    return out
+
+
+def learned_sections(p, p_box, res: dict, save, settings: dict) -> None:
+    """Sections 4-6: tasks learned with and without click prompts, their 3-D and clicks."""
+    import datasets
+
+    tasks = {t.name: t for t in datasets.load_tasks()}
+    print("4. tasks (default schedule), with and without click prompts", flush=True)
+    res["box_only_check"] = {}
+    for name in LEARN_TASKS:
+        learn(p, tasks[name], 0.3)
+    for name in BOX_ONLY_TASKS:
+        learn(p_box, tasks[name], 0.0)
+        res["box_only_check"][name] = {
+            "box_iou_trained_with_points": heldout_iou(p, tasks[name].test, name)[0],
+            "box_iou_trained_box_only": heldout_iou(p_box, tasks[name].test, name)[0],
+            "box_iou_plain_sam": heldout_iou(p, tasks[name].test, None)[0],
+        }
+        print(f"  {name}: {res['box_only_check'][name]}", flush=True)
+    save()
+    print("5. 3-D from one box, learned tasks", flush=True)
+    for name, (_, _, _, task) in VOLUMES.items():
+        if task is not None:
+            res["three_d"][name]["learned task (routed)"] = three_d(p, name, "auto", settings)
+            print(f"  {name}: {json.dumps(res['three_d'][name])}", flush=True)
+            save()
+    print("6. clicks to quality (test splits)", flush=True)
+    res["clicks"] = {}
+    for name in CLICK_TASKS:
+        res["clicks"][name] = {
+            "plain SAM": clicks_to_quality(p, tasks[name].test, "sam"),
+            "learned task": clicks_to_quality(p, tasks[name].test, name),
+        }
+        print(f"  {name}: {json.dumps(res['clicks'][name])}", flush=True)
+        save()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "interactive.json"))
+    args = ap.parse_args(argv)
+
+    from casam.predictor import Predictor
+
+    res = {"machine": machine()}
+    out = Path(args.out)
+
+    def save() -> None:  # after every section: a slow machine still leaves what was measured
+        res["load_avg_1m_now"] = round(os.getloadavg()[0], 2)
+        out.write_text(json.dumps(res, indent=1, default=str))
+
+    p = Predictor(library=LIB, disk_cache=EMB_CACHE)
+    p_box = Predictor(backbone=p.backbone, library=LIB_BOX_ONLY, disk_cache=EMB_CACHE)
+    print("1. propagation settings, on the validation volume", flush=True)
+    best, settings, res["tuning"] = tune(p)
+    res["chosen_settings"] = best
+    save()
+    print("2. 3-D from one box, plain SAM", flush=True)
+    res["three_d"] = {}
+    for name, (_, _, role, _) in VOLUMES.items():
+        res["three_d"][name] = {"role": role, "plain SAM": three_d(p, name, "sam", settings)}
+        print(f"  {name}: {json.dumps(res['three_d'][name])}", flush=True)
+        save()
+    print("3. times", flush=True)
+    res["times"] = timings(p, "MR liver")
+    print(f"  {res['times']}", flush=True)
+    save()
+    learned_sections(p, p_box, res, save, settings)
+    res["finished"] = True
+    save()
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
