@@ -13,8 +13,8 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qtpy.QtCore import Qt, QTimer
-from qtpy.QtWidgets import QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QWidget
 
 from napari_casam import _prompts
 from napari_casam._layers import Index, n_leading
@@ -23,7 +23,7 @@ from napari_casam._model.engine import EngineModel
 from napari_casam._model.volume import VolumeTools
 from napari_casam._prompts import ViewerLayers, is_user_image
 from napari_casam._qt.close_guard import CloseGuard
-from napari_casam._qt.common import section
+from napari_casam._qt.common import scrolling_body, section
 from napari_casam._qt.interactive_panel import InteractivePanel
 from napari_casam._qt.learn_panel import LearnPanel
 from napari_casam._qt.library_panel import LibraryPanel
@@ -92,17 +92,7 @@ class CasamWidget(QWidget):
     def _build(self) -> None:
         from casam.config import default_library_dir
 
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 0, 0)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
-        scroll.setFrameShape(QScrollArea.NoFrame)
-        body = QWidget()
-        layout = QVBoxLayout(body)
-        layout.setContentsMargins(6, 6, 6, 6)
-        scroll.setWidget(body)
-        outer.addWidget(scroll)
+        layout = scrolling_body(self)
         self.segment = SegmentPanel(self.settings.auto_route)
         seg = self.segment
         self.card, self.override, self.auto_route = seg.card, seg.override, seg.auto_route

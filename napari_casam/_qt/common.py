@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from qtpy.QtWidgets import QComboBox, QWidget
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QComboBox, QScrollArea, QVBoxLayout, QWidget
 from superqt import QCollapsible
 
 
@@ -24,3 +25,19 @@ def section(title: str, tip: str, body: QWidget, expanded: bool = True) -> QColl
     if expanded:
         box.expand(animate=False)
     return box
+
+
+def scrolling_body(owner: QWidget) -> QVBoxLayout:
+    """Give ``owner`` a vertically scrolling body (no horizontal bar); return its layout."""
+    outer = QVBoxLayout(owner)
+    outer.setContentsMargins(0, 0, 0, 0)
+    scroll = QScrollArea()
+    scroll.setWidgetResizable(True)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+    scroll.setFrameShape(QScrollArea.NoFrame)
+    body = QWidget()
+    layout = QVBoxLayout(body)
+    layout.setContentsMargins(6, 6, 6, 6)
+    scroll.setWidget(body)
+    outer.addWidget(scroll)
+    return layout

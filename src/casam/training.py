@@ -274,6 +274,31 @@ def _task_info(
     )
 
 
+def _checked_samples(images, masks, label, image_names, s: LearnSettings, extend: bool):
+    """(used image indices, samples, train and held-out positions in ``used``), or InputError."""
+    used, samples = collect_samples(images, masks, label, image_names)
+    if not used:
+        raise InputError(
+            "no image has an annotated object (every mask is empty); annotate some first"
+        )
+    train_img, hold_img = split_holdout(len(used), s)
+    if len(train_img) < s.min_images and not extend:
+        raise InputError(
+            f"only {len(used)} annotated image(s); a task needs at least {s.min_images} for its "
+            f"{s.folds}-fold threshold calibration — annotate more slices"
+        )
+    return used, samples, train_img, hold_img
+
+
+def _embed_all(predictor: Predictor, images, used: list[int]) -> Generator[Progress, None, dict]:
+    """Embeddings of the used images (cached: a revisited image costs no encoder call)."""
+    emb = {}
+    for k, i in enumerate(used):
+        emb[i] = predictor.embed(images[i])
+        yield Progress("embed", k + 1, len(used), message=f"image {k + 1}/{len(used)}")
+    return emb
+
+
 def iter_learn_task(
     images: Sequence[np.ndarray],
     masks: Sequence[np.ndarray],
@@ -294,41 +319,27 @@ def iter_learn_task(
     lib, previous, s = _resolve(name, library, predictor, s, overwrite, extend)
     backbone = predictor.backbone
 
-    used, samples = collect_samples(images, masks, label, image_names)
-    if not used:
-        raise InputError(
-            "no image has an annotated object (every mask is empty); annotate some first"
-        )
-    train_img, hold_img = split_holdout(len(used), s)
-    if len(train_img) < s.min_images and not extend:
-        raise InputError(
-            f"only {len(used)} annotated image(s); a task needs at least {s.min_images} for its "
-            f"{s.folds}-fold threshold calibration — annotate more slices"
-        )
+    used, samples, train_img, hold_img = _checked_samples(
+        images, masks, label, image_names, s, extend
+    )
     t0 = time.perf_counter()
     torch.manual_seed(s.seed)
     gen = torch.Generator().manual_seed(s.seed)
 
-    # 1. embeddings (cached: a revisited image costs no encoder call)
-    emb = {}
-    for k, i in enumerate(used):
-        emb[i] = predictor.embed(images[i])
-        yield Progress("embed", k + 1, len(used), message=f"image {k + 1}/{len(used)}")
+    emb = yield from _embed_all(predictor, images, used)
 
-    train_set = {used[k] for k in train_img}
-    hold_set = {used[k] for k in hold_img}
+    train_set, hold_set = {used[k] for k in train_img}, {used[k] for k in hold_img}
+    order = sorted(train_set)
     train_samples = [x for x in samples if x.image in train_set]
     hold_samples = [x for x in samples if x.image in hold_set]
-    order = sorted(train_set)
     z_all, boxes, targets, where = _training_tensors(backbone, emb, order, train_samples)
 
-    # 2. the Alignment Layer, through the frozen decoder
+    # the Alignment Layer, through the frozen decoder; then the VAE router and its threshold
     layer = layer_from_state(previous.alignment) if previous else None
     layer = yield from train_alignment(
         backbone, z_all, boxes, targets, s, layer=layer, where=where, gen=gen
     )
 
-    # 3. the VAE router and its threshold (features of the training images only)
     feats = torch.stack([emb[i].feature for i in order]).float()
     if previous is not None and FEATURES in previous.router:
         feats = torch.cat([previous.router[FEATURES].float(), feats])
@@ -336,10 +347,8 @@ def iter_learn_task(
     vae, threshold = _fit_router(feats, s)
     yield Progress("vae", 1, 1, message=f"threshold {threshold:.4g}")
 
-    # 4. held-out IoU: plain SAM versus the new layer, box = the object's bounding box
+    # held-out IoU of plain SAM vs the layer; then save, atomically (nothing written before)
     means = yield from _evaluate(backbone, layer, emb, hold_samples)
-
-    # 5. save, atomically (nothing was written before this point)
     yield Progress("save", 0, 1)
     counts = (len(train_img), len(train_samples), len(hold_img))
     info = _task_info(name, backbone, s, layer, threshold, counts, previous, means, t0)

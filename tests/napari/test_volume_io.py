@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+from volume_helpers import SPACING, ct_spleen, write_ct_nifti, write_ct_series  # tests/core
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))
-from volume_helpers import SPACING, ct_spleen, write_ct_nifti, write_ct_series  # noqa: E402
-
-from casam.errors import InputError  # noqa: E402
-from napari_casam._reader import get_reader  # noqa: E402
-from napari_casam._volume_layers import GEOMETRY_KEY, geometry_of  # noqa: E402
-from napari_casam._writer import write_labels  # noqa: E402
+from casam.errors import InputError
+from napari_casam._reader import get_reader
+from napari_casam._volume_layers import GEOMETRY_KEY, geometry_of
+from napari_casam._writer import write_labels
 
 
 def test_reader_claims_volumes_and_dicom_only(tmp_path):

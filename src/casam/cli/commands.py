@@ -64,10 +64,23 @@ def _fmt(x: float | None, spec: str = ".3f") -> str:
 
 
 # ---- commands ----------------------------------------------------------------------------
-def cmd_learn(args: argparse.Namespace) -> int:
+def _learn_settings(args: argparse.Namespace) -> Any:
+    """LearnSettings from the defaults (or the paper's) and the options given."""
     from casam.config import LearnSettings
+
+    base = LearnSettings.paper() if args.paper else LearnSettings()
+    names = ("blocks", "epochs", "lr", "batch_size", "vae_steps", "holdout", "seed")
+    overrides = {
+        k: getattr(args, k) for k in (*names, "threshold_margin") if getattr(args, k) is not None
+    }
+    return LearnSettings.from_dict({**base.to_dict(), **overrides})
+
+
+def cmd_learn(args: argparse.Namespace) -> int:
+    from casam.cli.learn_progress import LearnDisplay
     from casam.io import read_pairs
     from casam.library import validate_name
+    from casam.progress import drive
     from casam.training import iter_learn_task
 
     name = validate_name(args.name)
@@ -75,22 +88,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
     if not (args.overwrite or args.extend):
         lib.ensure_free(name)
     pairs, skipped = read_pairs(args.images, args.masks, args.label)
-    base = LearnSettings.paper() if args.paper else LearnSettings()
-    overrides = {
-        k: getattr(args, k)
-        for k in (
-            "blocks",
-            "epochs",
-            "lr",
-            "batch_size",
-            "vae_steps",
-            "holdout",
-            "seed",
-            "threshold_margin",
-        )
-        if getattr(args, k) is not None
-    }
-    settings = LearnSettings.from_dict({**base.to_dict(), **overrides})
+    settings = _learn_settings(args)
     if not pairs:
         raise InputError(
             f"--masks: all {skipped} mask slices are empty; there is nothing to learn from"
@@ -98,8 +96,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
     if len(pairs) < settings.min_images and not args.extend:
         raise InputError(
             f"only {len(pairs)} annotated slice(s); a task needs at least {settings.min_images} "
-            "for its "
-            f"{settings.folds}-fold threshold calibration: annotate more slices"
+            f"for its {settings.folds}-fold threshold calibration: annotate more slices"
         )
     p = _predictor(args)
     print(
@@ -117,25 +114,11 @@ def cmd_learn(args: argparse.Namespace) -> int:
         extend=args.extend,
         image_names=[x.name for x in pairs],
     )
-    from casam.progress import drive
-
-    bars: dict[str, Any] = {}
-
-    def show(pr: Any) -> None:
-        bar = bars.get(pr.stage)
-        if bar is None:
-            bar = bars[pr.stage] = _progress(pr.total, pr.stage)
-        bar.total = pr.total
-        bar.n = pr.step
-        if pr.loss is not None:
-            bar.set_postfix(epoch=pr.epoch, loss=f"{pr.loss:.3f}", refresh=False)
-        bar.refresh()
-
+    display = LearnDisplay(settings.epochs)
     try:
-        info = drive(gen, show)
+        info = drive(gen, display)
     finally:
-        for bar in bars.values():
-            bar.close()
+        display.close()
     gain = info.iou_gain
     print(
         f"task '{info.name}' saved to {lib.root}: {info.n_images} training slices, "
