@@ -58,7 +58,14 @@ def _build_litemedsam() -> tuple[nn.Module, nn.Module, nn.Module]:
 
 
 def _sam_heads(input_size: int) -> tuple[nn.Module, nn.Module]:
-    from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
+    from casam._sam_modeling import modeling
+
+    sam = modeling()
+    MaskDecoder, PromptEncoder, TwoWayTransformer = (  # noqa: N806
+        sam.MaskDecoder,
+        sam.PromptEncoder,
+        sam.TwoWayTransformer,
+    )
 
     prompt_encoder = PromptEncoder(
         embed_dim=EMBED_DIM,

@@ -256,8 +256,8 @@ def iter_learn_task(
 
     # 1. embeddings (cached: a revisited image costs no encoder call)
     emb = {}
-    for k, i in enumerate(used):
-        emb[i] = predictor.embed(images[i])
+    for k, (j, e) in enumerate(predictor.iter_embed([images[i] for i in used])):
+        emb[used[j]] = e
         yield Progress("embed", k + 1, len(used), message=f"image {k + 1}/{len(used)}")
 
     train_set = {used[k] for k in train_img}

@@ -231,3 +231,38 @@ def test_embedding_keys_differ_between_runtimes(source):
     assert len(keys) == 4
     b.runtime = GuardedRuntime(source, "torch")
     assert b.embed_identity == b.identity  # fp32 torch keeps the keys of earlier releases
+
+
+def test_predictor_embeds_in_batches_and_skips_cached(source, monkeypatch):
+    """iter_embed: uncached images go through the runtime in batches; cached ones are not
+    encoded again; results equal one-by-one embedding."""
+    import threading
+
+    from casam.backbones import BACKBONES, Backbone
+    from casam.predictor import Predictor
+
+    calls: list[int] = []
+
+    class Counted(_engines.TorchRuntime):
+        batch = 3
+
+        def embed(self, x):
+            calls.append(x.shape[0])
+            return super().embed(x)
+
+    monkeypatch.setitem(RUNTIMES, "torch", (None, lambda s: Counted(s)))
+    bb = Backbone.__new__(Backbone)
+    bb.spec, bb.name, bb.input_size = BACKBONES["litemedsam"], "tiny", 256
+    bb.identity, bb.device, bb._lock = "tiny:000000000000", torch.device("cpu"), threading.Lock()
+    bb.runtime = GuardedRuntime(source, "torch")
+    p = Predictor(backbone=bb, library=False)
+    rng = np.random.default_rng(0)
+    images = [(rng.random((40 + i, 50)) * 255).astype(np.uint8) for i in range(7)]
+    p.embed(images[2])
+    calls.clear()
+    got = list(p.iter_embed(images))
+    assert [i for i, _ in got] == list(range(7))
+    assert calls == [3, 3]  # images 0, 1 | 2 cached | 3, 4, 5 | 6 ... in batches of 3
+    for (_, e), img in zip(got, images, strict=True):
+        z, _ = bb.encode(img)
+        assert torch.allclose(e.z, z, atol=1e-5)

@@ -23,14 +23,17 @@ MANIFEST = "manifest.json"
 
 
 def runtime_cache_dir() -> Path:
-    """Where exported encoders live (``CASAM_RUNTIME_CACHE`` overrides it): beside the
-    per-user embedding cache (``casam.config.default_cache_dir``)."""
+    """Where exported encoders live (``CASAM_RUNTIME_CACHE`` overrides it): the per-user cache
+    folder's ``runtimes`` (not moved by ``CASAM_CACHE``, which holds embeddings: an export is
+    checked on every load, so sharing it is safe)."""
     env = os.environ.get("CASAM_RUNTIME_CACHE")
     if env:
         return Path(env).expanduser()
-    from casam.config import default_cache_dir
+    import platformdirs
 
-    return default_cache_dir().parent / "runtimes"
+    from casam.config import APP_NAME
+
+    return Path(platformdirs.user_cache_dir(APP_NAME, appauthor=False)) / "runtimes"
 
 
 def cache_key(fields: dict[str, str | int]) -> str:
