@@ -266,3 +266,49 @@ def test_predictor_embeds_in_batches_and_skips_cached(source, monkeypatch):
     for (_, e), img in zip(got, images, strict=True):
         z, _ = bb.encode(img)
         assert torch.allclose(e.z, z, atol=1e-5)
+
+
+LEAN_START = """
+import json, sys
+import numpy as np
+from casam import Predictor
+p = Predictor(library=False)
+img = (np.arange(200 * 180).reshape(200, 180) % 997).astype(np.int16)
+e = p.embed(img)
+np.save(sys.argv[1], e.z.numpy())
+print(json.dumps({"timm": "timm" in sys.modules, "torchvision": "torchvision" in sys.modules,
+                  "key": e.key, "runtime": p.backbone.runtime.describe()}))
+"""
+
+
+@pytest.mark.slow
+def test_litemedsam_exported_once_then_starts_without_timm(tmp_path):
+    """The real encoder through OpenVINO: the first process exports it; a later one embeds from
+    the cache without importing timm (TinyViT) or torchvision, and agrees with fp32 torch."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("openvino")
+    env = {**__import__("os").environ, "CASAM_RUNTIME": "openvino"}
+    env.update(CASAM_RUNTIME_CACHE=str(tmp_path / "rt"), CASAM_HOME=str(tmp_path / "home"))
+    runs = []
+    for k in range(2):
+        out = tmp_path / f"z{k}.npy"
+        r = subprocess.run(
+            [sys.executable, "-c", LEAN_START, str(out)], env=env, capture_output=True, text=True
+        )
+        assert r.returncode == 0, r.stderr[-2000:]
+        runs.append((json.loads(r.stdout.strip().splitlines()[-1]), np.load(out)))
+    (first, z0), (second, z1) = runs
+    assert "OpenVINO fp32" in second["runtime"] and not second["timm"]
+    assert not second["torchvision"] and second["key"] == first["key"]
+    assert np.array_equal(z0, z1)
+    env["CASAM_RUNTIME"] = "torch"
+    r = subprocess.run(
+        [sys.executable, "-c", LEAN_START, str(tmp_path / "ref.npy")], env=env, text=True,
+        capture_output=True,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    ref = json.loads(r.stdout.strip().splitlines()[-1])
+    assert ref["key"] != first["key"]  # other numerics, other cache key
+    assert rel_error(z1, np.load(tmp_path / "ref.npy")) < 1e-4
