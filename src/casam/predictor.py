@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,7 +147,7 @@ class Predictor:
             self.cache.put(e)
         return e
 
-    def iter_embed(self, images: Sequence[np.ndarray]) -> Iterator[tuple[int, Embedding]]:
+    def iter_embed(self, images: Iterable[np.ndarray]) -> Iterator[tuple[int, Embedding]]:
         """(index, embedding) of each image, in order; uncached images are encoded in batches
         of the runtime's batch size (8 slices per call run faster per slice on a CPU).
         Closing the generator between two items stops before the next batch."""
@@ -162,7 +162,7 @@ class Predictor:
                 yield i, e
                 continue
             pending.append((i, a, key if e is None else ""))
-            if sum(1 for *_, k in pending if k) >= size or i == len(images) - 1:
+            if sum(1 for *_, k in pending if k) >= size:
                 yield from self._encode_pending(pending)
                 pending = []
         yield from self._encode_pending(pending)

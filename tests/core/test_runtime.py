@@ -174,7 +174,8 @@ def test_requested_runtime_from_env_and_checked(monkeypatch):
 
 def test_default_order_follows_the_machine():
     assert default_order("cuda") == ["torch"] and default_order("mps") == ["torch"]
-    assert default_order("cpu", bf16=True)[0] == "openvino-bf16"
+    # bf16 fails the routing-agreement guard (95% < 99%, docs/benchmark-speed.md): never default
+    assert default_order("cpu", bf16=True)[0] == "openvino"
     assert default_order("cpu", bf16=False)[0] == "openvino"
     assert all(o[-1] == "torch" for o in (default_order("cpu", True), default_order("cpu", False)))
 

@@ -15,7 +15,6 @@ import warnings
 import numpy as np
 
 from casam.errors import InputError
-from casam.runtime._cpu import bf16_native
 from casam.runtime._engines import (
     EMBED_SHAPE,
     EncoderRuntime,
@@ -51,9 +50,9 @@ def default_order(device: str, bf16: bool | None = None) -> list[str]:
     """Runtimes to try, best first, for a device type ("cpu", "cuda", "mps") and CPU kind."""
     if device != "cpu":
         return ["torch"]
-    bf16 = bf16_native() if bf16 is None else bf16
-    if bf16:
-        return ["openvino-bf16", "torch-bf16", "torch"]
+    # bf16 (openvino-bf16: 5.6x on an AVX512-BF16 EPYC) keeps the IoU but moved 5% of routing
+    # decisions (calibrated on fp32 features): below the 99% guard, so it is opt-in only.
+    del bf16
     return ["openvino", "onnxruntime", "torch"]
 
 
