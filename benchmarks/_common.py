@@ -32,22 +32,14 @@ EMB_CACHE = Path(os.environ.get("CASAM_BENCH_EMB", "~/.cache/napari-casam/bench-
 SPEED_TASK = "CT liver"
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine() -> dict:
     """What the figures were measured on."""
+    from casam.runtime import cpu_flags, cpu_model
     from casam.training import bf16_supported
 
     return {
         "cpu": cpu_model(),
+        "cpu_flags": cpu_flags(),
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),

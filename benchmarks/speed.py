@@ -44,17 +44,17 @@ def log(*a) -> None:
 
 
 class EncoderCounter:
-    """Counts calls of the backbone's image encoder (wraps its forward)."""
+    """Counts images through the backbone's encoder runtime (wraps its ``embed``)."""
 
-    def __init__(self, encoder: torch.nn.Module):
+    def __init__(self, runtime):
         self.calls = 0
-        self._orig = encoder.forward
+        self._orig = runtime.embed
 
-        def forward(*args, **kwargs):
-            self.calls += 1
-            return self._orig(*args, **kwargs)
+        def embed(x):
+            self.calls += int(x.shape[0])
+            return self._orig(x)
 
-        encoder.forward = forward
+        runtime.embed = embed
 
 
 def random_bank(n: int, seed: int = 0):
@@ -105,6 +105,20 @@ def learn(images, masks, name, predictor, settings):
     return info, wall, stages
 
 
+def quality_keys(path: str, runtime: str) -> dict:
+    q = json.loads(Path(path).read_text())["quality"]
+    row = q.get(runtime)
+    if row is None:
+        return {"quality_from": path, "quality_missing_runtime": runtime}
+    return {
+        "iou_delta_default_vs_fp32": row["iou_delta_vs_fp32"],
+        "iou_delta_sam_default_vs_fp32": row["iou_delta_sam_vs_fp32"],
+        "iou_delta_task_default_vs_fp32": row["iou_delta_task_vs_fp32"],
+        "route_agreement_default_vs_fp32": row["route_agreement_vs_fp32"],
+        "quality_from": path,
+    }
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -138,6 +152,14 @@ def main(argv=None) -> int:
         "and routing measurements, so the predictor routes among several real tasks "
         "(e.g. the quality benchmark's lib-all)",
     )
+    ap.add_argument(
+        "--runtimes-from",
+        metavar="JSON",
+        default=None,
+        help="take iou_delta_default_vs_fp32 and route_agreement_default_vs_fp32 from an "
+        "encoder_runtimes.py --json result (tasks learned on fp32 embeddings, used with each "
+        "runtime)",
+    )
     ap.add_argument("--repeats", type=int, default=40, help="samples of the decode / route medians")
     ap.add_argument(
         "--encoder-repeats", type=int, default=5, help="encoder samples before and after learning"
@@ -149,9 +171,11 @@ def main(argv=None) -> int:
     from casam.sam import get_backbone
 
     out: dict = {"machine": machine(), "backbone": "litemedsam"}
-    bb = get_backbone("litemedsam")
+    ref = get_backbone("litemedsam", runtime="torch")
+    bb = get_backbone("litemedsam")  # the product's default runtime (or $CASAM_RUNTIME)
     out["backbone"] = bb.identity
-    counter = EncoderCounter(bb.image_encoder)
+    out["runtime"] = bb.runtime.describe()
+    counter = EncoderCounter(bb.runtime)
 
     log("loading real slices ...")
     train, held = speed_slices(args.data_cache, 20)
@@ -164,17 +188,26 @@ def main(argv=None) -> int:
         "heldout": "the task's fixed test split (other axial blocks of the same CT)",
     }
 
-    # ---- encoder (reference unit) -------------------------------------------------------------
-    x, _ = bb.prepare(images[0])
+    # ---- encoder: reference (fp32 torch) and default runtime, interleaved ----------------------
+    from _speed_extra import encoder_figures, machine_rates, model_ready_s, volume_prepare_s
+
+    log("encoder: FLOPs, machine rates, build of the default runtime ...")
+    out.update(machine_rates())
+    x, _ = ref.prepare(images[0])
+    x8 = torch.cat([ref.prepare(im)[0] for im in images[:8]]).numpy()
+    bb.runtime.prepare()
     enc_times: list[float] = []
+    def_times: list[float] = []
 
     def sample_encoder(k: int) -> None:
-        with torch.no_grad():
-            bb.image_encoder(x)  # warm-up
-            for _ in range(k):
+        xn = x.numpy()
+        ref.runtime.embed(xn)  # warm-up
+        bb.runtime.embed(xn)
+        for _ in range(k):
+            for rt, acc in ((ref.runtime, enc_times), (bb.runtime, def_times)):
                 t = time.perf_counter()
-                bb.image_encoder(x)
-                enc_times.append((time.perf_counter() - t) * 1000)
+                rt.embed(xn)
+                acc.append((time.perf_counter() - t) * 1000)
 
     log("encoder ...")
     sample_encoder(args.encoder_repeats)
@@ -201,8 +234,12 @@ def main(argv=None) -> int:
     out["revisit_cache_hits"] = p.cache.hits - hits0
 
     sample_encoder(args.encoder_repeats)
-    out["encoder_ms"] = round(float(np.median(enc_times)), 1)
-    out["encoder_ms_samples"] = [round(t) for t in enc_times]
+    out.update(encoder_figures(ref, bb, x, x8, enc_times, def_times, out))
+    log("volume (100 real slices, cold cache) and model start-up ...")
+    out["volume_prepare_s_100"] = volume_prepare_s(bb, args.data_cache)
+    out["model_ready_s"] = model_ready_s()
+    if args.runtimes_from:
+        out.update(quality_keys(args.runtimes_from, bb.runtime.name))
 
     # ---- the paper's schedule on the same slices (embeddings now cached) ------------------------
     if args.paper_from:
@@ -303,7 +340,7 @@ def main(argv=None) -> int:
     out["machine"]["load_avg_1m_at_end"] = round(__import__("os").getloadavg()[0], 2)
 
     # ---- targets ---------------------------------------------------------------------------------
-    learn_target = 60 * out["encoder_ms"] / 1000
+    learn_target = 60 * out["encoder_ms_reference"] / 1000
     tg = {
         "decode_ratio": round(out["decode_ms"] / out["decode_bare_ms"], 3),
         "decode_ratio_ok": out["decode_ms"] <= 1.25 * out["decode_bare_ms"],
@@ -312,7 +349,11 @@ def main(argv=None) -> int:
         "learn_target_s": round(learn_target, 1),
         "learn_ratio": round(out["learn_s_20"] / learn_target, 3),
         "learn_ok": out["learn_s_20"] <= learn_target,
-        "learn_in_encoder_units": round(out["learn_s_20"] * 1000 / out["encoder_ms"], 1),
+        "learn_in_encoder_units": round(out["learn_s_20"] * 1000 / out["encoder_ms_reference"], 1),
+        "encoder_speedup_ok_bf16_cpu": out["encoder_speedup"] >= 3.5,
+        "encoder_speedup_ok_avx2_cpu": out["encoder_speedup"] >= 2,
+        "volume_prepare_ok": out["volume_prepare_s_100"] <= 60,
+        "model_ready_ok": out["model_ready_s"] <= 3,
         "revisit_no_encoder_call": out["revisit_encoder_calls"] == 0,
     }
     if "learn_iou_gain_paper" in out:

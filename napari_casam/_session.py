@@ -12,7 +12,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -209,7 +209,12 @@ class Session:
     def job_load(self) -> Generator[str, None, tuple[Predictor, list[str]]]:
         """Build the predictor (imports torch, loads weights): seconds on a CPU."""
         yield f"Loading {backbone_title(self.backbone)}…"
-        return self._ensure(), available_devices()
+        p = self._ensure()
+        runtime = getattr(p.backbone, "runtime", None)
+        if runtime is not None:
+            yield "Preparing the image encoder (the first time: an export of about a minute)…"
+            runtime.prepare()
+        return p, available_devices()
 
     def _ensure(self) -> Predictor:
         with self._lock:
@@ -283,17 +288,20 @@ class Session:
         """Embed every plane of ``indices`` not cached yet; yields (done, total)."""
         p = self.predictor or self._ensure()
         n = len(indices)
-        computed = 0
+        computed = [0]
         yield 0, n
-        for k, ix in enumerate(indices):
-            if cancel.is_set():
-                break
-            img = get_plane(ix)
-            if not p.is_cached(img):
-                p.embed(img)
-                computed += 1
+
+        def planes() -> Iterator[np.ndarray]:
+            for ix in indices:
+                if cancel.is_set():
+                    return
+                img = get_plane(ix)
+                computed[0] += not p.is_cached(img)
+                yield img
+
+        for k, _ in p.iter_embed(planes()):  # batched: several slices per encoder call
             yield k + 1, n
-        return computed
+        return computed[0]
 
     def job_interpolate(
         self,

@@ -277,5 +277,6 @@ def iou_tip(info: Any) -> str:
     )
 
 
-def model_status(title: str, device: str, n_tasks: int, identity: str) -> str:
-    return f"{title} on {device} · {plural(n_tasks, 'task')} · {identity}"
+def model_status(title: str, device: str, n_tasks: int, identity: str, runtime: str = "") -> str:
+    text = f"{title} on {device} · {plural(n_tasks, 'task')} · {identity}"
+    return text + (f" · encoder: {runtime}" if runtime else "")

@@ -75,7 +75,11 @@ class EngineModel:
 
         device = str(getattr(predictor.backbone, "device", "?"))
         title = backbone_title(self.session.backbone)
-        self._set_status(_texts.model_status(title, device, n_tasks, predictor.backbone.identity))
+        runtime = getattr(predictor.backbone, "runtime", None)
+        described = runtime.describe() if runtime is not None else ""
+        self._set_status(
+            _texts.model_status(title, device, n_tasks, predictor.backbone.identity, described)
+        )
 
     def _on_load_error(self, exc: BaseException) -> None:
         self._set_status(f"Model not loaded: {exc}")

@@ -44,6 +44,9 @@ class BackboneSpec:
     needs_checkpoint: bool
     checkpoint_sha256: str | None = None
     download_url: str | None = None
+    heads: Callable[[], tuple[nn.Module, nn.Module]] | None = None
+    """Builds the prompt encoder and mask decoder alone: the image encoder is then built only
+    when the torch runtime or an export needs it (LiteMedSAM's needs timm, 4 s to import)."""
 
 
 def _build_litemedsam() -> tuple[nn.Module, nn.Module, nn.Module]:
@@ -54,7 +57,14 @@ def _build_litemedsam() -> tuple[nn.Module, nn.Module, nn.Module]:
 
 
 def _sam_heads(input_size: int) -> tuple[nn.Module, nn.Module]:
-    from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
+    from casam._sam_modeling import modeling
+
+    sam = modeling()  # segment_anything.modeling without the package __init__ (torchvision)
+    MaskDecoder, PromptEncoder, TwoWayTransformer = (  # noqa: N806
+        sam.MaskDecoder,
+        sam.PromptEncoder,
+        sam.TwoWayTransformer,
+    )
 
     prompt_encoder = PromptEncoder(
         embed_dim=EMBED_DIM,
@@ -84,7 +94,13 @@ def _sam_builder(kind: str) -> Callable[[], tuple[nn.Module, nn.Module, nn.Modul
 
 BACKBONES: dict[str, BackboneSpec] = {
     "litemedsam": BackboneSpec(
-        "litemedsam", "LiteMedSAM (bundled)", 256, False, _build_litemedsam, needs_checkpoint=False
+        "litemedsam",
+        "LiteMedSAM (bundled)",
+        256,
+        False,
+        _build_litemedsam,
+        needs_checkpoint=False,
+        heads=lambda: _sam_heads(input_size=256),
     ),
     "sam_vit_b": BackboneSpec(
         "sam_vit_b",

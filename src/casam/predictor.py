@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,17 +134,51 @@ class Predictor:
     def embed(self, image: np.ndarray) -> Embedding:
         """The (cached) embedding of a 2-D image. Thread-safe: meant for background workers."""
         a = check_image(image)
-        key = image_key(a, self.backbone.identity)
+        key = image_key(a, self.backbone.embed_identity)
         geo = self.backbone.geometry(*a.shape[:2])
         e = self.cache.get(key, geo, self.temperature)
         if e is None:
             z, geo = self.backbone.encode(a)
+            key = image_key(a, self.backbone.embed_identity)  # the runtime may have fallen back
             e = Embedding(key, z, geo, attention_pool(z, self.temperature))
             self.cache.put(e)
         return e
 
+    def iter_embed(self, images: Iterable[np.ndarray]) -> Iterator[tuple[int, Embedding]]:
+        """(index, embedding) of each image, in order; uncached images are encoded in batches
+        of the runtime's batch size (8 slices per call run faster per slice on a CPU).
+        Closing the generator between two items stops before the next batch."""
+        bb = self.backbone
+        size = max(1, int(getattr(bb.runtime, "batch", 1) or 1))
+        pending: list[tuple[int, np.ndarray, str]] = []
+        for i, image in enumerate(images):
+            a = check_image(image)
+            key = image_key(a, bb.embed_identity)
+            e = self.cache.get(key, bb.geometry(*a.shape[:2]), self.temperature)
+            if e is not None and not pending:
+                yield i, e
+                continue
+            pending.append((i, a, key if e is None else ""))
+            if sum(1 for *_, k in pending if k) >= size:
+                yield from self._encode_pending(pending)
+                pending = []
+        yield from self._encode_pending(pending)
+
+    def _encode_pending(self, pending: list) -> Iterator[tuple[int, Embedding]]:
+        bb = self.backbone
+        todo = [(i, a) for i, a, key in pending if key]
+        if todo:
+            prepared = [bb.prepare(a) for _, a in todo]
+            z = bb.encode_inputs(torch.cat([x for x, _ in prepared]))
+            ident = bb.embed_identity
+            for (_, a), (_, geo), zi in zip(todo, prepared, z, strict=True):
+                e = Embedding(image_key(a, ident), zi, geo, attention_pool(zi, self.temperature))
+                self.cache.put(e)
+        for i, a, _ in pending:
+            yield i, self.embed(a)
+
     def is_cached(self, image: np.ndarray) -> bool:
-        return image_key(np.asarray(image), self.backbone.identity) in self.cache
+        return image_key(np.asarray(image), self.backbone.embed_identity) in self.cache
 
     # ---- routing and prediction --------------------------------------------------------------
     def route_embedding(self, e: Embedding) -> RouteDecision:

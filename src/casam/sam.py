@@ -39,6 +39,7 @@ class Backbone:
         spec: BackboneSpec,
         checkpoint: str | Path | None = None,
         device: str | torch.device = "auto",
+        runtime: str | None = None,
     ):
         self.spec = spec
         self.name = spec.name
@@ -47,10 +48,16 @@ class Backbone:
         path, self.digest = checkpoint_of(spec, checkpoint)
         self.checkpoint = path
         self.identity = identity(spec.name, self.digest)
-        encoder, prompt_encoder, mask_decoder = spec.build()
         state = load_state(path)
+        if spec.heads is not None:
+            encoder, (prompt_encoder, mask_decoder) = None, spec.heads()
+            self._encoder_state = {k: v for k, v in state.items() if k.startswith("image_encoder.")}
+        else:
+            encoder, prompt_encoder, mask_decoder = spec.build()
         self._load_parts(state, encoder, prompt_encoder, mask_decoder)
-        self.image_encoder = encoder.to(self.device).eval().requires_grad_(False)
+        if encoder is not None:
+            self.image_encoder = encoder.to(self.device).eval().requires_grad_(False)
+        self.runtime = _make_runtime(self, runtime)
         self.prompt_encoder = prompt_encoder.to(self.device).eval().requires_grad_(False)
         self.mask_decoder = mask_decoder.to(self.device).eval().requires_grad_(False)
         with torch.no_grad():
@@ -61,13 +68,19 @@ class Backbone:
         self._mean, self._std = mean, std
 
     def _load_parts(
-        self, state: dict, encoder: nn.Module, prompt_encoder: nn.Module, mask_decoder: nn.Module
+        self,
+        state: dict,
+        encoder: nn.Module | None,
+        prompt_encoder: nn.Module | None,
+        mask_decoder: nn.Module | None,
     ) -> None:
         for prefix, module in (
             ("image_encoder.", encoder),
             ("prompt_encoder.", prompt_encoder),
             ("mask_decoder.", mask_decoder),
         ):
+            if module is None:
+                continue
             part = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
             try:
                 module.load_state_dict(part, strict=True)
@@ -85,6 +98,31 @@ class Backbone:
                     f"{self.name} ({prefix.rstrip('.')}: {first}){extra}",
                     subject="backbone" if extra else "checkpoint",
                 ) from None
+
+    runtime = None
+    """The encoder runtime (``casam.runtime.GuardedRuntime``); None: the module, in torch."""
+    _encoder_module: nn.Module | None = None
+
+    @property
+    def image_encoder(self) -> nn.Module:
+        """The frozen torch image encoder, built from the checkpoint on first use."""
+        if self._encoder_module is None:
+            with _ENCODER_LOCK:
+                if self._encoder_module is None:
+                    enc = self.spec.build()[0]
+                    self._load_parts(self._encoder_state, enc, None, None)
+                    self._encoder_module = enc.to(self.device).eval().requires_grad_(False)
+        return self._encoder_module
+
+    @image_encoder.setter
+    def image_encoder(self, module: nn.Module) -> None:
+        self._encoder_module = module
+
+    @property
+    def embed_identity(self) -> str:
+        """What produced an embedding: the backbone, plus the runtime unless it is fp32 torch."""
+        rt = self.runtime.identity if self.runtime is not None else ""
+        return f"{self.identity}|{rt}" if rt else self.identity
 
     # ---- preprocessing -------------------------------------------------------------------
     def geometry(self, height: int, width: int) -> Geometry:
@@ -112,9 +150,16 @@ class Backbone:
     def encode(self, image: np.ndarray) -> tuple[torch.Tensor, Geometry]:
         """Image -> embedding (256, 64, 64) float32 on the CPU, and the image's geometry."""
         x, geo = self.prepare(image)
+        return self.encode_inputs(x)[0], geo
+
+    @torch.no_grad()
+    def encode_inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """Prepared inputs (B, 3, S, S) -> embeddings (B, 256, 64, 64) float32 on the CPU,
+        through the runtime (batched as it prefers)."""
         with self._lock:
-            z = self.image_encoder(x)
-        return z[0].float().cpu(), geo
+            if self.runtime is None:
+                return self.image_encoder(x.to(self.device)).float().cpu()
+            return torch.from_numpy(self.runtime.embed(x.cpu().numpy()))
 
     def prompt(self, boxes_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Boxes (B, 4) in the input frame -> sparse (B, 2, 256) and dense (B, 256, 64, 64)."""
@@ -187,20 +232,36 @@ def _paired_decode(
     return masks, iou
 
 
-_BUILT: dict[tuple[str, str, str], Backbone] = {}
+def _make_runtime(bb: Backbone, runtime: str | None):
+    from casam.runtime import EncoderSource, GuardedRuntime
+
+    source = EncoderSource(
+        bb.identity, bb.digest, bb.input_size, lambda: bb.image_encoder, bb.device.type
+    )
+    return GuardedRuntime(source, runtime)
+
+
+_BUILT: dict[tuple[str, str, str, str], Backbone] = {}
 _BUILT_LOCK = threading.Lock()
+_ENCODER_LOCK = threading.Lock()
 
 
 def get_backbone(
     name: str = "litemedsam",
     checkpoint: str | Path | None = None,
     device: str | torch.device = "auto",
+    runtime: str | None = None,
 ) -> Backbone:
-    """Build (once per process) the named backbone; see ``BACKBONES`` for the names."""
+    """Build (once per process) the named backbone; see ``BACKBONES`` for the names.
+    ``runtime``: an encoder runtime of ``casam.runtime.RUNTIMES`` (None: ``$CASAM_RUNTIME``,
+    else chosen for this machine)."""
+    from casam.runtime import requested_runtime
+
     spec = spec_of(name)
     dev = resolve_device(device)
-    key = (name, str(Path(checkpoint).expanduser().resolve()) if checkpoint else "", str(dev))
+    rt = requested_runtime(runtime)
+    key = (name, str(Path(checkpoint).expanduser().resolve()) if checkpoint else "", str(dev), rt)
     with _BUILT_LOCK:
         if key not in _BUILT:
-            _BUILT[key] = Backbone(spec, checkpoint, dev)
+            _BUILT[key] = Backbone(spec, checkpoint, dev, rt)
         return _BUILT[key]

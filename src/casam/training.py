@@ -293,8 +293,8 @@ def _checked_samples(images, masks, label, image_names, s: LearnSettings, extend
 def _embed_all(predictor: Predictor, images, used: list[int]) -> Generator[Progress, None, dict]:
     """Embeddings of the used images (cached: a revisited image costs no encoder call)."""
     emb = {}
-    for k, i in enumerate(used):
-        emb[i] = predictor.embed(images[i])
+    for k, (j, e) in enumerate(predictor.iter_embed([images[i] for i in used])):
+        emb[used[j]] = e
         yield Progress("embed", k + 1, len(used), message=f"image {k + 1}/{len(used)}")
     return emb
 

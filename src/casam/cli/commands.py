@@ -101,7 +101,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
     p = _predictor(args)
     print(
         f"learning '{name}' from {len(pairs)} annotated slices ({skipped} empty skipped) "
-        f"on {p.backbone.identity}",
+        f"on {p.backbone.identity}, encoder {p.backbone.runtime.describe()}",
         file=sys.stderr,
     )
     gen = iter_learn_task(
