@@ -86,7 +86,7 @@ def time_runtimes(rts: dict, x1: np.ndarray, x8: np.ndarray, repeats: int) -> di
 def predictors(names: list[str], library):
     """One Predictor per runtime (no disk cache: its float16 files would blur the numerics)."""
     from casam import Predictor
-    from casam.backbones import get_backbone
+    from casam.sam import get_backbone
 
     return {
         n: Predictor(get_backbone("litemedsam", device="cpu", runtime=n), library=library)
@@ -176,7 +176,7 @@ def main(argv=None) -> int:
     import torch
 
     from casam import TaskLibrary
-    from casam.backbones import get_backbone
+    from casam.sam import get_backbone
 
     names = [n for n in args.runtimes.split(",") if installed(n)]
     out: dict = {"machine": {**machine(), "cpu_flags": cpu_flags()}}

@@ -219,8 +219,8 @@ def test_guard_missing_runtime_uses_torch(source, monkeypatch):
 
 
 def test_embedding_keys_differ_between_runtimes(source):
-    from casam.backbones import Backbone
     from casam.embeddings import image_key
+    from casam.sam import Backbone
 
     img = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)
     keys = set()
@@ -239,8 +239,9 @@ def test_predictor_embeds_in_batches_and_skips_cached(source, monkeypatch):
     encoded again; results equal one-by-one embedding."""
     import threading
 
-    from casam.backbones import BACKBONES, Backbone
+    from casam.backbones import BACKBONES
     from casam.predictor import Predictor
+    from casam.sam import Backbone
 
     calls: list[int] = []
 
