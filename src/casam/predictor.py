@@ -256,7 +256,7 @@ class Predictor:
         labels: np.ndarray | Sequence | None = None,
         mask_input: np.ndarray | None = None,
     ) -> Prediction:
-        from casam.prompts import check_mask_input, check_points, decode_prompts, points_to_input
+        from casam.prompts import check_mask_input, check_points, points_to_input
 
         geo = e.geometry
         b = None if boxes is None else check_boxes(boxes, geo.height, geo.width)
@@ -277,7 +277,7 @@ class Predictor:
             pt = torch.from_numpy(points_to_input(geo, p))[None] if len(p) else None
             lt = torch.from_numpy(lab)[None] if len(p) else None
             multimask = b is None and m is None and len(p) == 1
-            logits, iou = decode_prompts(self.backbone, z, bt, pt, lt, m, multimask)
+            logits, iou = self.backbone.decode(z, bt, pt, lt, m, multimask)
             masks = self.backbone.upscale_masks(logits, geo) > 0
         return Prediction(
             masks.cpu().numpy(),

@@ -17,7 +17,6 @@ import torch
 from casam.backbones import LOWRES
 from casam.errors import InputError
 from casam.preprocess import Geometry
-from casam.sam import Backbone, _paired_decode
 
 
 def check_points(
@@ -84,51 +83,6 @@ def points_to_input(geo: Geometry, points: np.ndarray) -> np.ndarray:
     p[:, 0] *= rw / geo.width
     p[:, 1] *= rh / geo.height
     return p.astype(np.float32)
-
-
-def decode_prompts(
-    backbone: Backbone,
-    z: torch.Tensor,
-    boxes_input: torch.Tensor | None,
-    points_input: torch.Tensor | None = None,
-    labels: torch.Tensor | None = None,
-    mask_input: torch.Tensor | None = None,
-    multimask: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Any mix of box, points and previous logits -> (B, 1, 256, 256) logits, (B, 1) IoU.
-
-    ``z``: (1, 256, 64, 64) (one image, B prompts) or (B, 256, 64, 64) (paired, one prompt per
-    image). ``boxes_input`` (B, 4) and ``points_input`` (B, P, 2) in the input frame, ``labels``
-    (B, P) 1/0, ``mask_input`` (B, 1, 256, 256). With ``multimask`` SAM's three candidates are
-    made and the one with the highest predicted IoU is kept (SAM's advice for a lone click).
-    Gradients flow into ``z``.
-    """
-    dev = backbone.device
-    pts = None
-    if points_input is not None and points_input.shape[1] > 0:
-        pts = (points_input.to(dev), labels.to(dev))
-    if pts is None and mask_input is None and not multimask:
-        return backbone.decode(z, boxes_input)
-    sparse, dense = backbone.prompt_encoder(
-        points=pts,
-        boxes=None if boxes_input is None else boxes_input.to(dev),
-        masks=None if mask_input is None else mask_input.to(dev),
-    )
-    dec = backbone.mask_decoder
-    if z.shape[0] > 1:
-        return _paired_decode(dec, z, backbone._image_pe, sparse, dense)
-    masks, iou = dec(
-        image_embeddings=z,
-        image_pe=backbone._image_pe,
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
-        multimask_output=multimask,
-    )
-    if multimask:
-        best = iou.argmax(dim=1)
-        rows = torch.arange(masks.shape[0], device=masks.device)
-        return masks[rows, best][:, None], iou[rows, best][:, None]
-    return masks, iou
 
 
 def sample_points(

@@ -166,25 +166,46 @@ class Backbone:
         return self.prompt_encoder(points=None, boxes=boxes_input.to(self.device), masks=None)
 
     def decode(
-        self, z: torch.Tensor, boxes_input: torch.Tensor
+        self,
+        z: torch.Tensor,
+        boxes_input: torch.Tensor | None,
+        points_input: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Embeddings and boxes -> (B, 1, 256, 256) mask logits and (B, 1) predicted IoU.
+        """Embeddings and prompts -> (B, 1, 256, 256) mask logits and (B, 1) predicted IoU.
 
-        ``z`` is either (1, 256, 64, 64) (one image, B boxes) or (B, 256, 64, 64) (one box
-        per image, paired). Gradients flow into ``z`` (for training the Alignment Layer).
+        ``z`` is either (1, 256, 64, 64) (one image, B prompts) or (B, 256, 64, 64) (one prompt
+        per image, paired). ``boxes_input`` (B, 4) and ``points_input`` (B, P, 2) are in the
+        input frame, ``labels`` (B, P) 1/0, ``mask_input`` (B, 1, 256, 256) previous logits. With
+        ``multimask`` SAM's three candidates are made and the one with the highest predicted IoU
+        is kept (SAM's advice for a lone click). Gradients flow into ``z`` (for training).
         """
-        sparse, dense = self.prompt(boxes_input)
+        dev = self.device
+        pts = None
+        if points_input is not None and points_input.shape[1] > 0:
+            pts = (points_input.to(dev), labels.to(dev))
+        sparse, dense = self.prompt_encoder(
+            points=pts,
+            boxes=None if boxes_input is None else boxes_input.to(dev),
+            masks=None if mask_input is None else mask_input.to(dev),
+        )
         dec = self.mask_decoder
-        if z.shape[0] == 1:
-            masks, iou = dec(
-                image_embeddings=z,
-                image_pe=self._image_pe,
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=False,
-            )
-            return masks, iou
-        return _paired_decode(dec, z, self._image_pe, sparse, dense)
+        if z.shape[0] > 1:
+            return _paired_decode(dec, z, self._image_pe, sparse, dense)
+        masks, iou = dec(
+            image_embeddings=z,
+            image_pe=self._image_pe,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask,
+        )
+        if multimask:
+            best = iou.argmax(dim=1)
+            rows = torch.arange(masks.shape[0], device=masks.device)
+            return masks[rows, best][:, None], iou[rows, best][:, None]
+        return masks, iou
 
     def upscale_masks(self, logits: torch.Tensor, geo: Geometry) -> torch.Tensor:
         """(B, 1, 256, 256) logits -> (B, H, W) logits in original pixels (SAM's postprocess)."""

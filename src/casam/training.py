@@ -92,11 +92,11 @@ def _point_logits(
     backbone: Backbone, za: torch.Tensor, boxes: torch.Tensor, targets: torch.Tensor, gen
 ) -> torch.Tensor:
     """Logits of a batch prompted with random clicks, with its boxes half of the time."""
-    from casam.prompts import decode_prompts, sample_points
+    from casam.prompts import sample_points
 
     pts, lab = sample_points(targets, boxes.cpu(), backbone.input_size, gen)
     keep_box = float(torch.rand(1, generator=gen)) < 0.5
-    logits, _ = decode_prompts(backbone, za, boxes if keep_box else None, pts, lab)
+    logits, _ = backbone.decode(za, boxes if keep_box else None, pts, lab)
     return logits
 
 
