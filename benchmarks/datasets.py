@@ -51,6 +51,17 @@ from pathlib import Path
 import numpy as np
 
 DEFAULT_CACHE = Path("~/.cache/napari-casam/bench-data")
+#: One task per image domain. CT spleen / MR spleen are left out of the default stream: their
+#: slices are the very images of CT liver / MR liver (other label), and a router that sees only
+#: the image cannot tell two tasks on the same images apart.
+DOMAIN_TASKS = (
+    "MR brain tumour",
+    "CT lung tumour",
+    "MR breast lesion",
+    "CT liver",
+    "MR liver",
+    "microscopy nuclei",
+)
 MIN_FG = 30  # slices whose mask has fewer foreground pixels are skipped
 MAX_SIDE = 512  # larger 2-D slices are downscaled
 PLANES = ("axial", "coronal", "sagittal")

@@ -55,18 +55,7 @@ from _common import (  # noqa: E402
     peak_rss_mb,
     train_layer,
 )
-
-#: One task per image domain. CT spleen / MR spleen are left out of the default stream: their
-#: slices are the very images of CT liver / MR liver (other label), and a router that sees only
-#: the image cannot tell two tasks on the same images apart.
-DEFAULT_TASKS = [
-    "MR brain tumour",
-    "CT lung tumour",
-    "MR breast lesion",
-    "CT liver",
-    "MR liver",
-    "microscopy nuclei",
-]
+from datasets import DOMAIN_TASKS  # noqa: E402
 
 PAPER = {  # method.md: SAM ViT-B, 9 medical datasets, RTX A5000
     "plain SAM": {"Last-IoU": 53.81, "Last-BIoU": 36.52},
@@ -164,7 +153,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
         "--tasks",
-        default=",".join(DEFAULT_TASKS),
+        default=",".join(DOMAIN_TASKS),
         help="comma-separated task names of datasets.load_tasks()",
     )
     ap.add_argument(

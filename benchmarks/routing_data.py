@@ -1,7 +1,7 @@
 """Data of the routing benchmark: 8 real tasks, a validation split, calibration augmentations
 and an out-of-distribution set of 25+ images of kinds never learned.
 
-Tasks: the six of ``quality.DEFAULT_TASKS`` plus two views of the abdominal CT that no task
+Tasks: the six of ``datasets.DOMAIN_TASKS`` plus two views of the abdominal CT that no task
 shows yet: coronal reformats labelled spleen and sagittal reformats labelled kidneys
 (TotalSegmentator's reference labels 1 and 2+3; 3 mm isotropic volume, so the reformats need no
 resampling). CT liver stays axial, so no two tasks share an image.
@@ -24,14 +24,6 @@ import numpy as np
 from _common import evenly
 
 EXTRA_TASKS = (("CT spleen coronal", "coronal", (1,)), ("CT kidney sagittal", "sagittal", (2, 3)))
-BASE_TASKS = (
-    "MR brain tumour",
-    "CT lung tumour",
-    "MR breast lesion",
-    "CT liver",
-    "MR liver",
-    "microscopy nuclei",
-)
 
 
 @dataclasses.dataclass
@@ -60,7 +52,7 @@ def _reformat_tasks(cache) -> list[datasets.Task]:
 def routing_tasks(cache=None, max_train: int = 16, max_val: int = 8) -> list[RTask]:
     """The 8 tasks with fit / val / test splits (see the module docstring)."""
     base = {t.name: t for t in datasets.load_tasks(cache)}
-    tasks = [base[n] for n in BASE_TASKS] + _reformat_tasks(cache)
+    tasks = [base[n] for n in datasets.DOMAIN_TASKS] + _reformat_tasks(cache)
     out = []
     for t in tasks:
         fit = evenly(t.train, max_train)

@@ -53,7 +53,7 @@ def write_inputs(slices: list[np.ndarray], folder: Path) -> list[str]:
     return paths
 
 
-def _warm(dask_worker, command: str, unit) -> None:
+def _warm(command: str, unit, dask_worker=None) -> None:
     from casam.batch import run_unit
     from casam.cluster import PLUGIN
 

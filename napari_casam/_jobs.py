@@ -64,25 +64,14 @@ def _run_sync(
 def relay(
     gen: Generator[Any, None, Any], should_stop: Callable[[], bool]
 ) -> Generator[Any, None, Any]:
-    """``yield from gen`` for a worker, with :func:`casam.progress.drive`'s contract.
-
-    ``should_stop`` is asked before each step; once True, ``gen`` is closed (nothing saved)
-    and :class:`casam.errors.Cancelled` is raised. ``drive`` consumes its events itself, so a
-    generator whose events a napari worker must see again needs this one re-yielding loop.
-    """
+    """``yield from gen`` for a worker: :func:`casam.progress.relay`, with the user's words."""
     from casam.errors import Cancelled
+    from casam.progress import relay as steps
 
     try:
-        while True:
-            if should_stop():
-                raise Cancelled("stopped at the user's request; nothing was saved")
-            try:
-                event = next(gen)
-            except StopIteration as stop:
-                return stop.value
-            yield event
-    finally:
-        gen.close()
+        return (yield from steps(gen, should_stop))
+    except Cancelled:
+        raise Cancelled("stopped at the user's request; nothing was saved") from None
 
 
 def start(

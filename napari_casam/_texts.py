@@ -139,27 +139,8 @@ def describe_route(route: Any, override: str = AUTO, auto_route: bool = False) -
             f"The slice in view is routed once its embedding is computed ({how}).",
             "unknown",
         )
-    best = getattr(route, "best", None) or getattr(route, "task", None)
-    if getattr(route, "fallback", True) or route.task is None:
-        if best is None:
-            return RouteText("SAM fallback", "No task learned for this model yet.", "fallback")
-        return RouteText(
-            "SAM fallback",
-            f"Closest task: {best} · ELBO {fmt_g(route.score)} > threshold "
-            f"{fmt_g(route.threshold)}" + _ratio(route),
-            "fallback",
-        )
-    return RouteText(
-        route.task, f"ELBO {fmt_g(route.score)} ≤ threshold {fmt_g(route.threshold)}", "task"
-    )
-
-
-def _ratio(route: Any) -> str:
-    ratio = _float(getattr(route, "ratio", None))  # the engine's score / threshold
-    if ratio is None:
-        score, tau = _float(getattr(route, "score", None)), _float(route.threshold)
-        ratio = score / tau if score is not None and tau else None
-    return "" if ratio is None else f" (rejected: score {ratio:.1f}x its threshold)"
+    detail = route.detail  # the engine's words: casam.routing.RouteDecision.detail
+    return RouteText(route.headline, detail[:1].upper() + detail[1:] + ".", route.kind)
 
 
 def where_text(name: str, index: tuple[int, ...], n_slices: int) -> str:

@@ -2,7 +2,8 @@
 
 Long work in casam is a generator that yields progress events and returns its result; closing it
 between two events cancels it with nothing saved. ``drive`` is the one loop every caller (the
-CLI, the napari workers, the benchmarks, :func:`casam.learn_task`) runs it with.
+CLI, the benchmarks, :func:`casam.learn_task`) runs it with; ``relay`` is the same loop for a
+caller that passes the events on (a napari worker).
 """
 
 from __future__ import annotations
@@ -16,16 +17,15 @@ E = TypeVar("E")
 R = TypeVar("R")
 
 
-def drive(
-    gen: Generator[E, None, R],
-    on_event: Callable[[E], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-) -> R:
-    """Run ``gen`` to its end and return its value; ``on_event`` sees every event.
+def relay(
+    gen: Generator[E, None, R], should_stop: Callable[[], bool] | None = None
+) -> Generator[E, None, R]:
+    """``yield from gen`` with a stop check: the one loop that steps the engine's generators.
 
     ``should_stop`` is asked before each step; when it returns True the generator is closed
     (its ``finally`` blocks run, nothing is saved) and :class:`casam.errors.Cancelled` is raised.
-    The generator is closed on any exception too.
+    The generator is closed on any exception too, and when the caller closes this one. A napari
+    worker re-yields the events to the GUI thread through it; :func:`drive` consumes them.
     """
     try:
         while True:
@@ -35,7 +35,25 @@ def drive(
                 event = next(gen)
             except StopIteration as stop:
                 return stop.value
-            if on_event is not None:
-                on_event(event)
+            yield event
     finally:
         gen.close()
+
+
+def drive(
+    gen: Generator[E, None, R],
+    on_event: Callable[[E], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> R:
+    """Run ``gen`` to its end and return its value; ``on_event`` sees every event.
+
+    Stopping and closing as in :func:`relay`.
+    """
+    steps = relay(gen, should_stop)
+    while True:
+        try:
+            event = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        if on_event is not None:
+            on_event(event)

@@ -11,21 +11,14 @@ from typing import Any
 
 import numpy as np
 
+from casam.routing import RouteDecision
 from napari_casam._jobs import relay
 from napari_casam._session import Routed, Segmented
 
 
-@dataclass(frozen=True)
-class FakeRoute:
-    task: str | None
-    score: float
-    threshold: float | None
-    fallback: bool
-    forced: bool = False
-    best: str | None = None
-
-    def __str__(self) -> str:
-        return f"fake route to {self.task}"
+def FakeRoute(task, score, threshold, fallback, forced=False, best=None) -> RouteDecision:  # noqa: N802
+    """A routing decision as the engine makes it (the real, torch-free value class)."""
+    return RouteDecision(task, score, threshold, fallback, forced=forced, best=best)
 
 
 def box_mask(shape: tuple[int, int], box: np.ndarray) -> np.ndarray:

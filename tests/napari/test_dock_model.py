@@ -165,7 +165,7 @@ def test_fallback_text_says_the_closest_task_was_rejected(dock):
     dock.update_route()
     text = dock.shown[-1][0]
     assert text.headline == "SAM fallback" and text.kind == "fallback"
-    assert "Closest task: MR brain" in text.detail and "6.0x its threshold" in text.detail
+    assert text.detail == "Closest task MR brain was rejected (score 6x its threshold)."
 
 
 def test_interpolation_pair_rules():
