@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from fake_engine import FakeSession
-from volume_helpers import ct_affine_ras, ct_spleen, write_ct_nifti, write_ct_series
+from volume_helpers import ct_spleen, write_ct_nifti, write_ct_series, write_mask_nifti
 
 from napari_casam._model import LearnModel
 
@@ -108,14 +108,6 @@ def test_pair_selection_refusals(model):
 
 
 # ---- files and folders, read as casam learn reads them ----------------------------------
-def write_mask_nifti(path, mask):
-    """A label volume (z, y, x) stored as ``write_ct_nifti`` stores the scan (same affine)."""
-    import nibabel as nib
-
-    stored = np.ascontiguousarray(np.transpose(mask, (2, 1, 0))[::-1, ::-1, :])
-    nib.save(nib.Nifti1Image(stored.astype(np.uint8), ct_affine_ras()), path)
-
-
 def test_files_are_read_in_the_worker_then_trained_like_layers(model, tmp_path):
     write_ct_nifti(tmp_path / "scan.nii.gz", n=8)
     _, truth = ct_spleen(8)
