@@ -1,4 +1,9 @@
-"""Learning a task as Qt-free state: checks before starting, progress, cancel, outcome."""
+"""Learning a task as Qt-free state: checks before starting, progress, cancel, outcome.
+
+A task is learned from (image, Labels layer) pairs of open layers (several patients at once),
+or from image and mask files read in the worker by ``casam.io`` exactly as ``casam learn``
+reads them; both run the same training job of the session.
+"""
 
 from __future__ import annotations
 
@@ -161,6 +166,7 @@ class LearnModel:
             return False
         text = f"Learning “{name}” from files: reading {_texts.plural(len(images), 'image path')}…"
         paths = ([str(p) for p in images], [str(p) for p in masks])
+        self.files_read = None
         return self._launch(name, mode, epochs, text, self._read_then_learn, *paths)
 
     def _read_then_learn(

@@ -93,6 +93,7 @@ class LearnFilesDialog(QDialog):
         self.learn_btn = QPushButton("Learn task")
         self.learn_btn.setToolTip(TIPS["files_learn"])
         self.close_btn = QPushButton("Close")
+        self.close_btn.setToolTip("Close; the lists are kept for the next time.")
         row.addStretch(1)
         row.addWidget(self.learn_btn)
         row.addWidget(self.close_btn)

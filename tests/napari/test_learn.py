@@ -168,7 +168,9 @@ def library_images(w, name):
     return info.n_images + info.n_holdout, w.library.table.item(row, 1).text(), info
 
 
-def test_learn_a_task_from_files(make_napari_viewer, open_dock, qtbot, tmp_path, wait_idle, h):
+def test_learn_a_task_from_files(
+    make_napari_viewer, open_dock, qtbot, tmp_path, notes, wait_idle, h
+):
     from qtpy.QtCore import Qt
     from volume_helpers import ct_spleen, write_ct_nifti, write_mask_nifti
 
@@ -176,6 +178,7 @@ def test_learn_a_task_from_files(make_napari_viewer, open_dock, qtbot, tmp_path,
     truth = ct_spleen(9)[1].copy()
     truth[4] = 0  # an empty slice: skipped, as casam learn skips it
     write_mask_nifti(tmp_path / "seg.nii.gz", truth)
+    write_mask_nifti(tmp_path / "small.nii.gz", truth[:, :-3])
     viewer = make_napari_viewer()
     w = open_dock(viewer)
     w.learn.name.setText("CT spleen files")
@@ -184,7 +187,21 @@ def test_learn_a_task_from_files(make_napari_viewer, open_dock, qtbot, tmp_path,
     dialog = w.learn.files_dialog
     assert dialog is not None and dialog.isVisible()
     dialog.images.add_paths([str(tmp_path / "scan.nii.gz")])
+    # a mask on another grid: the CLI's line in the dock and a notification, nothing saved
+    dialog.masks.add_paths([str(tmp_path / "small.nii.gz")])
+    qtbot.mouseClick(dialog.learn_btn, Qt.LeftButton)
+    qtbot.waitUntil(lambda: not w.learn.running, timeout=120_000)
+    error = w.learn.last_error
+    assert error.startswith(f"mask of {tmp_path / 'scan.nii.gz'}: ") and "98x" in error, error
+    assert w.learn.result.text() == error and error in notes
+    assert w.library.names() == [] and w.learn.files_btn.isEnabled()
+    qtbot.mouseClick(w.learn.files_btn, Qt.LeftButton)  # the lists were kept: fix the mask
+    assert dialog.isVisible() and dialog.message.text() == error
+    dialog.masks.list.setCurrentRow(0)
+    qtbot.mouseClick(dialog.masks.remove_btn, Qt.LeftButton)
     dialog.masks.add_paths([str(tmp_path / "seg.nii.gz")])
+    assert dialog.images.paths() == [str(tmp_path / "scan.nii.gz")]
+    assert dialog.masks.paths() == [str(tmp_path / "seg.nii.gz")]
     qtbot.mouseClick(dialog.learn_btn, Qt.LeftButton)
     assert w.learn.running and not dialog.isVisible()
     assert not w.learn.files_btn.isEnabled()
