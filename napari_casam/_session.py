@@ -363,6 +363,7 @@ class Session:
             settings=settings or LearnSettings(),
             overwrite=overwrite,
             extend=extend,
+            estimate=True,
         )
         try:
             return (yield from relay(gen, cancel.is_set))

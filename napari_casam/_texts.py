@@ -192,6 +192,7 @@ def time_left(seconds: float) -> str:
 
 # ---- learning -------------------------------------------------------------------------------
 STAGES = {
+    "plan": "Timing this machine",
     "embed": "Embedding slices",
     "align": "Training the Alignment Layer",
     "vae": "Training the router",
@@ -222,6 +223,11 @@ def describe_progress(p: Any, epochs: int | None = None) -> tuple[str, int, int]
     if total:
         parts.append(f"{step}/{total}")
     return " · ".join(parts), step, total
+
+
+def describe_estimate(p: Any) -> str:
+    """The message shown when learning starts: how long it will take here."""
+    return f"Estimated time: {getattr(p, 'message', '')}."
 
 
 def describe_result(info: Any, seconds: float) -> str:

@@ -45,6 +45,7 @@ class LearnModel:
         self._stage_step0 = 0
         self._cancel = threading.Event()
         self._t0 = 0.0
+        self._started = ""
         from napari_casam._notify import notify
 
         self.notify = notify
@@ -97,7 +98,8 @@ class LearnModel:
         self._t0 = time.perf_counter()
         self._stage = None
         self.last_error = None
-        self.message.emit(f"Learning “{name}” from {len(images)} annotated images…")
+        self._started = f"Learning “{name}” from {len(images)} annotated images…"
+        self.message.emit(self._started)
         self.progress.emit("Starting…", 0, 0)
         self.worker = _STARTING  # running from here on (a synchronous run ends inside start)
         self.state_changed.emit(True)
@@ -137,6 +139,8 @@ class LearnModel:
             return
         text, value, total = _texts.describe_progress(p, self.epochs)
         stage = getattr(p, "stage", None)
+        if stage == "plan":
+            self.message.emit(f"{self._started} {_texts.describe_estimate(p)}")
         now = time.perf_counter()
         if stage != self._stage:
             self._stage, self._stage_t0, self._stage_step0 = stage, now, value
