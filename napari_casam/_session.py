@@ -368,6 +368,7 @@ class Session:
             overwrite=overwrite,
             extend=extend,
             image_names=image_names,
+            estimate=True,
         )
         try:
             return (yield from relay(gen, cancel.is_set))

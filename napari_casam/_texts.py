@@ -206,6 +206,7 @@ def time_left(seconds: float) -> str:
 
 # ---- learning -------------------------------------------------------------------------------
 STAGES = {
+    "plan": "Timing this machine",
     "embed": "Embedding slices",
     "align": "Training the Alignment Layer",
     "vae": "Training the router",
@@ -261,9 +262,22 @@ def no_labels_yet(labels_names: list[str]) -> str:
     return f"None of {names} has labels yet: segment and correct some slices first."
 
 
+def learning_from_files(name: str, n_pairs: int, skipped: int) -> str:
+    """The learn panel's line once the files are read (the estimate follows it)."""
+    return (
+        f"Learning “{name}” from {plural(n_pairs, 'annotated slice')} of files "
+        f"({skipped} empty skipped)…"
+    )
+
+
 def files_read(n_pairs: int, skipped: int) -> str:
     """Progress line once the files of a "Learn from files…" training are read."""
     return f"Read {plural(n_pairs, 'annotated slice')} ({skipped} empty skipped)"
+
+
+def describe_estimate(p: Any) -> str:
+    """The message shown when learning starts: how long it will take here."""
+    return f"Estimated time: {getattr(p, 'message', '')}."
 
 
 def describe_result(info: Any, seconds: float) -> str:

@@ -76,6 +76,7 @@ class LearnModel:
         self._stage_step0 = 0
         self._cancel = threading.Event()
         self._t0 = 0.0
+        self._started = ""
         from napari_casam._notify import notify
 
         self.notify = notify
@@ -187,6 +188,7 @@ class LearnModel:
             images, masks, settings.min_images, settings.folds, extend=extend, what=FILE_FIELDS
         )
         self.files_read = (len(pairs), skipped)
+        self._started = _texts.learning_from_files(name, len(pairs), skipped)
         yield _texts.files_read(len(pairs), skipped)
         job = self.session.job_learn(
             [x.image for x in pairs],
@@ -220,6 +222,7 @@ class LearnModel:
         self._t0 = time.perf_counter()
         self._stage = None
         self.last_error = None
+        self._started = text
         self.message.emit(text)
         self.progress.emit("Starting…", 0, 0)
         self.worker = _STARTING  # running from here on (a synchronous run ends inside start)
@@ -256,6 +259,8 @@ class LearnModel:
             return
         text, value, total = _texts.describe_progress(p, self.epochs)
         stage = getattr(p, "stage", None)
+        if stage == "plan":
+            self.message.emit(f"{self._started} {_texts.describe_estimate(p)}")
         now = time.perf_counter()
         if stage != self._stage:
             self._stage, self._stage_t0, self._stage_step0 = stage, now, value

@@ -88,6 +88,7 @@ class FakeSession:
             return None
 
     def _train(self, name, settings):
+        yield FakeProgress("plan", 1, 1, message="about 9 s on this machine")
         for epoch in range(1, self.learn_events + 1):
             yield FakeProgress("align", epoch, self.learn_events, epoch, 0.5 / epoch)
         self.saved.append(name)
@@ -101,6 +102,7 @@ class FakeProgress:
     total: int
     epoch: int | None = None
     loss: float | None = None
+    message: str = ""
 
 
 @dataclass

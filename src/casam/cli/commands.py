@@ -106,6 +106,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         extend=args.extend,
         image_names=[x.name for x in pairs],
+        estimate=True,
     )
     display = LearnDisplay(settings.epochs)
     try:
@@ -119,6 +120,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
         f"SAM {_fmt(info.iou_sam)} -> task {_fmt(info.iou_task)}"
         + (f" ({gain:+.3f})" if gain is not None else "")
         + f"; {info.settings.get('train_seconds', 0):.0f} s"
+        + (f" (estimated {display.estimate.total:.0f} s)" if display.estimate else "")
     )
     return 0
 
