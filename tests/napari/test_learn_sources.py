@@ -141,6 +141,29 @@ def test_files_are_read_in_the_worker_then_trained_like_layers(model, tmp_path):
     assert model.session.saved == ["Spleen"] and model.states == [True, False]
 
 
+def test_a_dicom_series_learns_with_its_dicom_seg(model, tmp_path):
+    from casam.volumes import read_volume, write_mask_like
+
+    _, mask, _ = write_ct_series(tmp_path / "ct", n=7)
+    mask[3] = 0
+    write_mask_like(mask, read_volume(tmp_path / "ct").geometry, tmp_path / "ct_seg.dcm")
+    assert model.start_files("Spleen", "new", [tmp_path / "ct"], [tmp_path / "ct_seg.dcm"], 1)
+    assert model.last_error is None, model.last_error
+    assert model.files_read == (6, 1)
+    assert learned(model)[0][1] == [f"{tmp_path / 'ct'}[{k}]" for k in (0, 1, 2, 4, 5, 6)]
+
+
+def test_cancel_while_the_files_are_read_trains_nothing(model, tmp_path):
+    write_ct_nifti(tmp_path / "scan.nii.gz", n=6)
+    write_mask_nifti(tmp_path / "seg.nii.gz", ct_spleen(6)[1])
+    model.progress.connect(lambda text, v, n: model.cancel() if text.startswith("Read ") else None)
+    assert model.start_files(
+        "Spleen", "new", [tmp_path / "scan.nii.gz"], [tmp_path / "seg.nii.gz"], 1
+    )
+    assert model.messages[-1] == "Training cancelled; nothing was saved."
+    assert model.session.saved == [] and model.states == [True, False]
+
+
 def test_the_files_reach_the_engine_as_the_cli_reads_them(model, tmp_path, monkeypatch):
     from casam.io import read_pairs
 
