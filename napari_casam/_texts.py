@@ -87,7 +87,8 @@ TIPS: dict[str, str] = {
     "files_intro": "One mask file or folder per image file or folder, in the same order: a "
     "DICOM series folder with its DICOM SEG or NIfTI mask, NIfTI/NRRD/MHA image and mask "
     "pairs, or 2-D images and stacks (.tif, .png, .npy). Folders are read in name order; slices "
-    "with empty masks are skipped. Task name, mode and epochs are those of the dock.",
+    "with empty masks are skipped.",
+    "files_request": "The task name, mode and epochs set in the dock's learn section.",
     "files_images": "Image files, or folders of them (a DICOM folder is one series).",
     "files_masks": "The mask of each image: a label volume on the image's grid, a DICOM SEG "
     "of the series, or 2-D masks matching the image slices.",
@@ -268,6 +269,12 @@ def learning_from_files(name: str, n_pairs: int, skipped: int) -> str:
         f"Learning “{name}” from {plural(n_pairs, 'annotated slice')} of files "
         f"({skipped} empty skipped)…"
     )
+
+
+def files_request(name: str, mode_title: str, epochs: int) -> str:
+    """What the files dialog will learn: the dock's task name, mode and epochs."""
+    task = f"“{name}”" if name else "no name yet (give one in the dock)"
+    return f"Task: {task} · {mode_title} · {plural(epochs, 'epoch')}"
 
 
 def files_read(n_pairs: int, skipped: int) -> str:

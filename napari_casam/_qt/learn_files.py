@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from qtpy.QtWidgets import (
     QDialog,
@@ -73,15 +74,22 @@ class LearnFilesDialog(QDialog):
     """Calls ``learn(images, masks)`` on Learn; closes when the training started."""
 
     def __init__(
-        self, learn: Callable[[list[str], list[str]], bool], parent: QWidget | None = None
+        self,
+        learn: Callable[[list[str], list[str]], bool],
+        describe: Callable[[], str],
+        parent: QWidget | None = None,
     ) -> None:
         super().__init__(parent)
         self.setWindowTitle("Learn a task from files")
         self._learn = learn
+        self._describe = describe
         layout = QVBoxLayout(self)
         intro = QLabel(TIPS["files_intro"])
         intro.setWordWrap(True)
         layout.addWidget(intro)
+        self.request = QLabel("")
+        self.request.setToolTip(TIPS["files_request"])
+        layout.addWidget(self.request)
         self.images = PathList("Images", TIPS["files_images"])
         self.masks = PathList("Masks", TIPS["files_masks"])
         layout.addWidget(self.images)
@@ -100,6 +108,10 @@ class LearnFilesDialog(QDialog):
         layout.addLayout(row)
         self.learn_btn.clicked.connect(self.learn)
         self.close_btn.clicked.connect(self.reject)
+
+    def showEvent(self, event: Any) -> None:  # noqa: N802 - Qt's name
+        self.request.setText(self._describe())
+        super().showEvent(event)
 
     def learn(self) -> bool:
         """Start the training (the dialog closes) or say why it cannot start (it stays)."""

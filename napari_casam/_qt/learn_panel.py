@@ -22,7 +22,7 @@ from napari_casam._model.learn import LearnModel
 from napari_casam._qt.common import combo
 from napari_casam._qt.learn_files import LearnFilesDialog
 from napari_casam._qt.learn_pairs import PairsList
-from napari_casam._texts import MODES, TIPS
+from napari_casam._texts import MODES, TIPS, files_request
 
 if TYPE_CHECKING:
     import napari
@@ -68,19 +68,7 @@ class LearnPanel(QWidget):
         self.epochs.setValue(LearnSettings().epochs)
         self.epochs.setToolTip(TIPS["epochs"])
         form.addRow("Epochs", self.epochs)
-        row = QHBoxLayout()
-        self.learn_btn = QPushButton("Learn task")
-        self.learn_btn.setToolTip(TIPS["learn"])
-        self.cancel_btn = QPushButton("Cancel")
-        self.cancel_btn.setToolTip(TIPS["learn_cancel"])
-        self.cancel_btn.setEnabled(False)
-        row.addWidget(self.learn_btn, 1)
-        row.addWidget(self.cancel_btn)
-        form.addRow(row)
-        self.files_btn = QPushButton("Learn from files…")
-        self.files_btn.setToolTip(TIPS["learn_files"])
-        form.addRow(self.files_btn)
-        self.files_dialog: LearnFilesDialog | None = None
+        self._add_buttons(form)
         self.progress = QProgressBar()
         self.progress.setTextVisible(False)
         self.progress.setValue(0)
@@ -95,6 +83,21 @@ class LearnPanel(QWidget):
         self.result.setToolTip(TIPS["learn_result"])
         form.addRow(self.result)
         self._bind(model)
+
+    def _add_buttons(self, form: QFormLayout) -> None:
+        row = QHBoxLayout()
+        self.learn_btn = QPushButton("Learn task")
+        self.learn_btn.setToolTip(TIPS["learn"])
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setToolTip(TIPS["learn_cancel"])
+        self.cancel_btn.setEnabled(False)
+        row.addWidget(self.learn_btn, 1)
+        row.addWidget(self.cancel_btn)
+        form.addRow(row)
+        self.files_btn = QPushButton("Learn from files…")
+        self.files_btn.setToolTip(TIPS["learn_files"])
+        form.addRow(self.files_btn)
+        self.files_dialog: LearnFilesDialog | None = None
 
     def _bind(self, model: LearnModel) -> None:
         self.learn_btn.clicked.connect(lambda: self.learn())
@@ -187,11 +190,16 @@ class LearnPanel(QWidget):
     def open_files_dialog(self) -> LearnFilesDialog:
         """Show the "Learn from files…" dialog (one per panel: its lists are kept)."""
         if self.files_dialog is None:
-            self.files_dialog = LearnFilesDialog(lambda i, m: self.learn_files(i, m), self)
+            self.files_dialog = LearnFilesDialog(
+                lambda i, m: self.learn_files(i, m), self._describe_request, self
+            )
             self.model.message.connect(self.files_dialog.show_message, check_nargs=False)
         self.files_dialog.show()
         self.files_dialog.raise_()
         return self.files_dialog
+
+    def _describe_request(self) -> str:
+        return files_request(self.name.text().strip(), self.mode.currentText(), self.epochs.value())
 
     def _set_request(self, name: str | None, mode: str | None) -> None:
         if name is not None:

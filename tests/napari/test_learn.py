@@ -186,6 +186,7 @@ def test_learn_a_task_from_files(
     qtbot.mouseClick(w.learn.files_btn, Qt.LeftButton)
     dialog = w.learn.files_dialog
     assert dialog is not None and dialog.isVisible()
+    assert dialog.request.text().startswith("Task: “CT spleen files” · New task · ")
     dialog.images.add_paths([str(tmp_path / "scan.nii.gz")])
     # a mask on another grid: the CLI's line in the dock and a notification, nothing saved
     dialog.masks.add_paths([str(tmp_path / "small.nii.gz")])
