@@ -78,9 +78,10 @@ class FakeSession:
             yield k + 1, len(items)
         return out
 
-    def job_learn(self, images, masks, name, settings, overwrite, extend, cancel):
+    def job_learn(self, images, masks, name, settings, overwrite, extend, cancel, names=None):
         from casam.errors import Cancelled
 
+        self.calls.append(("learn", len(images), list(names or []), overwrite, extend))
         try:
             return (yield from relay(self._train(name, settings), cancel.is_set))
         except Cancelled:
