@@ -14,6 +14,7 @@ seconds of probes time the pieces on this machine, as they are, and the schedule
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -71,64 +72,58 @@ def estimate_learn(
     s: LearnSettings,
 ) -> LearnEstimate:
     """Time the pieces of learning on this machine (a few seconds) and scale by the schedule."""
-    from casam.alignment import AlignmentLayer
-    from casam.router import fit_router
-    from casam.training import dice_bce, use_bf16
-
-    backbone = predictor.backbone
     t = time.perf_counter()
     predictor.embed(first_image)
     embed_s = time.perf_counter() - t
-
     gen = torch.Generator().manual_seed(s.seed)
-    size = backbone.input_size
-    b = max(1, min(s.batch_size, n_train_samples))
-    z = torch.randn((b, 256, 64, 64), generator=gen) * 0.1
-    boxes = torch.tensor([[size * 0.25, size * 0.25, size * 0.75, size * 0.75]] * b)
-    target = torch.zeros((b, 256, 256))
-    layer = AlignmentLayer(s.blocks).to(backbone.device).train()
-    opt = torch.optim.Adam(layer.parameters(), lr=s.lr)
-    bf16 = use_bf16(s, backbone)
-    times = []
-    for _ in range(2):  # the first is a warm-up
-        t = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits, _ = backbone.decode(layer(z.to(backbone.device)), boxes.to(backbone.device))
-        loss = dice_bce(logits[:, 0], target.to(backbone.device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        times.append(time.perf_counter() - t)
-    step_s = times[-1]
-
-    layer.eval()
-    t = time.perf_counter()
-    with torch.no_grad():
-        backbone.decode(z[:1].to(backbone.device), boxes[:1].to(backbone.device))
-        backbone.decode(layer(z[:1].to(backbone.device)), boxes[:1].to(backbone.device))
-    evaluate_s = (time.perf_counter() - t) * n_hold_samples
-
-    feats = torch.randn((max(n_train_images, s.folds), 256), generator=gen)
-    steps = min(PROBE_VAE_STEPS, s.vae_steps)
-    t = time.perf_counter()
-    fit_router(
-        feats,
-        folds=s.folds,
-        percentile=s.percentile,
-        seed=s.seed,
-        beta=s.beta,
-        steps=steps,
-        batch=s.vae_batch,
-        lr=s.vae_lr,
-        hidden=s.vae_hidden,
-        latent=s.vae_latent,
+    step_s, decode_s = _layer_seconds(
+        predictor.backbone, s, min(s.batch_size, n_train_samples), gen
     )
-    router_s = (time.perf_counter() - t) * s.vae_steps / steps
     return LearnEstimate(
         embed_s=embed_s,
         n_embed=n_images,
         step_s=step_s,
         n_steps=align_steps(n_train_samples, s),
-        router_s=router_s,
-        evaluate_s=evaluate_s,
+        router_s=_router_seconds(max(n_train_images, s.folds), s, gen),
+        evaluate_s=decode_s * n_hold_samples,
     )
+
+
+def _layer_seconds(backbone, s: LearnSettings, batch: int, gen: torch.Generator):
+    """(one training step of a fresh layer at ``batch``, one held-out object's two decodes)."""
+    from casam.alignment import AlignmentLayer
+    from casam.training import dice_bce, use_bf16
+
+    dev, size, b = backbone.device, backbone.input_size, max(1, batch)
+    z = (torch.randn((b, 256, 64, 64), generator=gen) * 0.1).to(dev)
+    boxes = torch.tensor([[size * 0.25, size * 0.25, size * 0.75, size * 0.75]] * b).to(dev)
+    target = torch.zeros((b, 256, 256), device=dev)
+    layer = AlignmentLayer(s.blocks).to(dev).train()
+    opt = torch.optim.Adam(layer.parameters(), lr=s.lr)
+    bf16 = use_bf16(s, backbone)
+    for _ in range(2):  # the first is a warm-up; the second is timed
+        t = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits, _ = backbone.decode(layer(z), boxes)
+        loss = dice_bce(logits[:, 0], target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step_s = time.perf_counter() - t
+    layer.eval()
+    t = time.perf_counter()
+    with torch.no_grad():
+        backbone.decode(z[:1], boxes[:1])
+        backbone.decode(layer(z[:1]), boxes[:1])
+    return step_s, time.perf_counter() - t
+
+
+def _router_seconds(n: int, s: LearnSettings, gen: torch.Generator) -> float:
+    """The router fit (K + 1 batched VAEs) on ``n`` features: a few steps timed, then scaled."""
+    from casam.training import fit_task_router
+
+    steps = min(PROBE_VAE_STEPS, s.vae_steps)
+    feats = torch.randn((n, 256), generator=gen)
+    t = time.perf_counter()
+    fit_task_router(feats, dataclasses.replace(s, vae_steps=steps))
+    return (time.perf_counter() - t) * s.vae_steps / steps

@@ -229,7 +229,7 @@ def _training_tensors(
     return z_all, boxes, targets, torch.tensor([slot[x.image] for x in samples])
 
 
-def _fit_router(feats: torch.Tensor, s: LearnSettings) -> tuple[Any, float]:
+def fit_task_router(feats: torch.Tensor, s: LearnSettings) -> tuple[Any, float]:
     """The task's VAE on its (N, 256) features and its routing threshold (with the margin)."""
     vae, fold_threshold, _ = fit_router(
         feats,
@@ -292,14 +292,34 @@ def _checked_samples(images, masks, label, image_names, s: LearnSettings, extend
     return used, samples, train_img, hold_img
 
 
+def _split(used, samples, train_img, hold_img) -> tuple[list[int], list[Sample], list[Sample]]:
+    """(sorted training image indices, training samples, held-out samples)."""
+    train_set, hold_set = {used[k] for k in train_img}, {used[k] for k in hold_img}
+    train = [x for x in samples if x.image in train_set]
+    return sorted(train_set), train, [x for x in samples if x.image in hold_set]
+
+
 def _plan(predictor, images, used, samples, train_img, hold_img, s: LearnSettings) -> Progress:
     from casam.estimate import estimate_learn
 
-    train_set, hold_set = {used[k] for k in train_img}, {used[k] for k in hold_img}
-    n_train = sum(x.image in train_set for x in samples)
-    n_hold = sum(x.image in hold_set for x in samples)
-    est = estimate_learn(predictor, images[used[0]], len(used), n_train, len(train_img), n_hold, s)
+    _, train, hold = _split(used, samples, train_img, hold_img)
+    est = estimate_learn(
+        predictor, images[used[0]], len(used), len(train), len(train_img), len(hold), s
+    )
     return Progress("plan", 1, 1, message=str(est), estimate=est)
+
+
+def _router_stage(
+    emb: dict, order: list[int], previous: LoadedTask | None, s: LearnSettings
+) -> Generator[Progress, None, tuple[Any, float, torch.Tensor]]:
+    """The VAE router on the training images' features (and an extended task's stored ones)."""
+    feats = torch.stack([emb[i].feature for i in order]).float()
+    if previous is not None and FEATURES in previous.router:
+        feats = torch.cat([previous.router[FEATURES].float(), feats])
+    yield Progress("vae", 0, 1, message=f"VAE and {s.folds}-fold threshold")
+    vae, threshold = fit_task_router(feats, s)
+    yield Progress("vae", 1, 1, message=f"threshold {threshold:.4g}")
+    return vae, threshold, feats
 
 
 def _embed_all(predictor: Predictor, images, used: list[int]) -> Generator[Progress, None, dict]:
@@ -348,10 +368,7 @@ def iter_learn_task(
 
     emb = yield from _embed_all(predictor, images, used)
 
-    train_set, hold_set = {used[k] for k in train_img}, {used[k] for k in hold_img}
-    order = sorted(train_set)
-    train_samples = [x for x in samples if x.image in train_set]
-    hold_samples = [x for x in samples if x.image in hold_set]
+    order, train_samples, hold_samples = _split(used, samples, train_img, hold_img)
     z_all, boxes, targets, where = _training_tensors(backbone, emb, order, train_samples)
 
     # the Alignment Layer, through the frozen decoder; then the VAE router and its threshold
@@ -360,12 +377,7 @@ def iter_learn_task(
         backbone, z_all, boxes, targets, s, layer=layer, where=where, gen=gen
     )
 
-    feats = torch.stack([emb[i].feature for i in order]).float()
-    if previous is not None and FEATURES in previous.router:
-        feats = torch.cat([previous.router[FEATURES].float(), feats])
-    yield Progress("vae", 0, 1, message=f"VAE and {s.folds}-fold threshold")
-    vae, threshold = _fit_router(feats, s)
-    yield Progress("vae", 1, 1, message=f"threshold {threshold:.4g}")
+    vae, threshold, feats = yield from _router_stage(emb, order, previous, s)
 
     # held-out IoU of plain SAM vs the layer; then save, atomically (nothing written before)
     means = yield from _evaluate(backbone, layer, emb, hold_samples)
