@@ -59,7 +59,9 @@ class Heartbeat:
 
         self.phase = "start"
         self.gaps: dict[str, float] = {}
-        self._last = time.perf_counter()
+        self.longest: list[tuple[float, str, float]] = []
+        """The longest blocks: (ms, phase, seconds into the session when it ended)."""
+        self.t0 = self._last = time.perf_counter()
         self.timer = QTimer()
         self.timer.setInterval(5)
         self.timer.timeout.connect(self._tick)
@@ -70,6 +72,8 @@ class Heartbeat:
         gap = (now - self._last) * 1000.0 - 5.0
         self.gaps[self.phase] = max(self.gaps.get(self.phase, 0.0), gap)
         self._last = now
+        if gap > 50:
+            self.longest = sorted([*self.longest, (gap, self.phase, now - self.t0)])[-8:]
 
     def enter(self, phase: str) -> None:
         self._tick()
@@ -279,6 +283,9 @@ def summary(rows: dict, hb: Heartbeat, enc: Encoder, uncached_calls: int) -> dic
         "gui_max_block_ms": max(v for k, v in phases.items() if k != "open dock"),
         "dock_open_block_ms": phases.get("open dock"),
         "block_ms_by_phase": phases,
+        "longest_blocks": [
+            {"ms": round(g, 1), "phase": p, "at_s": round(t, 1)} for g, p, t in hb.longest[::-1]
+        ],
         "box_breakdown_ms": {s: med(r.get(s) for r in cached) for s in steps},
         "box_breakdown_uncached_ms": {s: med(r.get(s) for r in rows["uncached"]) for s in steps},
         "next_slice_encoder_calls": [r["encoder_calls"] for r in rows["next"]],
