@@ -28,7 +28,9 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
+import traceback
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -78,6 +80,24 @@ class Heartbeat:
     def enter(self, phase: str) -> None:
         self._tick()
         self.phase = phase
+
+    def watch(self, late_s: float = 1.0) -> None:
+        """From a thread: when the loop is ``late_s`` late, print every thread's stack."""
+        main = threading.main_thread().ident
+
+        def run() -> None:
+            seen = 0.0
+            while True:
+                time.sleep(0.05)
+                last = self._last
+                if time.perf_counter() - last > late_s and last != seen:
+                    seen = last
+                    log(f"--- the event loop is {late_s:.1f} s late, phase {self.phase}:")
+                    for tid, frame in sys._current_frames().items():
+                        name = "GUI thread" if tid == main else f"thread {tid}"
+                        log(f"# {name}\n" + "".join(traceback.format_stack(frame)[-6:]))
+
+        threading.Thread(target=run, daemon=True).start()
 
 
 def spin(until, timeout: float = 600.0) -> None:
@@ -214,6 +234,8 @@ def show(viewer, widget, z: int) -> None:
 
 def measure(args) -> dict:
     hb = Heartbeat()
+    if args.stacks:
+        hb.watch()
     t0 = time.perf_counter()
     viewer, widget = open_viewer(hb)
     gt = next(ly for ly in viewer.layers if ly.name.endswith("ground truth")).data
@@ -303,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--boxes", type=int, default=8, help="boxes on a cached slice")
     ap.add_argument("--slices", type=int, default=3, help="uncached slices (and their next)")
     ap.add_argument("--dwell", type=float, default=6.0, help="seconds looking at each slice")
+    ap.add_argument("--stacks", action="store_true", help="print the stacks of blocks > 1 s")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["CASAM_HOME"] = str(Path(tmp) / "home")  # default settings, no disk cache

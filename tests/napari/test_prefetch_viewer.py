@@ -11,19 +11,15 @@ SLICE = 12
 
 
 def count_encoder(monkeypatch, backbone) -> list[int]:
-    """Images through the backbone's encoder from now on (``encode`` and ``encode_inputs``)."""
+    """Images through the backbone's encoder from now on (``encode_inputs``: every embedding,
+    single or batched, goes through it)."""
     seen = [0]
-    encode, encode_inputs = backbone.encode, backbone.encode_inputs
-
-    def one(image):
-        seen[0] += 1
-        return encode(image)
+    encode_inputs = backbone.encode_inputs
 
     def batch(x):
         seen[0] += int(x.shape[0])
         return encode_inputs(x)
 
-    monkeypatch.setattr(backbone, "encode", one)
     monkeypatch.setattr(backbone, "encode_inputs", batch)
     return seen
 
