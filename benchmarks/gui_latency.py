@@ -82,7 +82,7 @@ class Heartbeat:
         self.phase = phase
 
     def watch(self, late_s: float = 1.0) -> None:
-        """From a thread: when the loop is ``late_s`` late, print every thread's stack."""
+        """From a thread: when the loop is ``late_s`` late, print every thread's stack once."""
         main = threading.main_thread().ident
 
         def run() -> None:
@@ -92,7 +92,7 @@ class Heartbeat:
                 last = self._last
                 if time.perf_counter() - last > late_s and last != seen:
                     seen = last
-                    log(f"--- the event loop is {late_s:.1f} s late, phase {self.phase}:")
+                    log(f"--- the event loop is {late_s * 1000:.0f} ms late, phase {self.phase}:")
                     for tid, frame in sys._current_frames().items():
                         name = "GUI thread" if tid == main else f"thread {tid}"
                         log(f"# {name}\n" + "".join(traceback.format_stack(frame)[-6:]))
@@ -101,17 +101,32 @@ class Heartbeat:
 
 
 def spin(until, timeout: float = 600.0) -> None:
-    """Run the Qt event loop until ``until()`` is true (as the user's idle GUI would)."""
-    from qtpy.QtCore import QEventLoop
-    from qtpy.QtWidgets import QApplication
+    """Run the Qt event loop (``QEventLoop.exec``, as napari's own loop runs) until ``until()``
+    is true; a 2 ms timer checks it. ``processEvents`` in a Python loop is not used: it can
+    leave timers (the heartbeat) unserved for seconds and so report blocks that never were."""
+    from qtpy.QtCore import QEventLoop, QTimer
 
-    app = QApplication.instance()
+    if until():
+        return
+    loop = QEventLoop()
     end = time.perf_counter() + timeout
-    while not until():
-        if time.perf_counter() > end:
-            raise TimeoutError("the dock did not finish in time")
-        app.processEvents(QEventLoop.AllEvents, 5)
-        time.sleep(0.0005)
+    failed: list[bool] = []
+
+    def check() -> None:
+        if until():
+            loop.quit()
+        elif time.perf_counter() > end:
+            failed.append(True)
+            loop.quit()
+
+    timer = QTimer()
+    timer.setInterval(2)
+    timer.timeout.connect(check)
+    timer.start()
+    loop.exec_()
+    timer.stop()
+    if failed:
+        raise TimeoutError("the dock did not finish in time")
 
 
 def pause(seconds: float) -> None:
@@ -213,9 +228,7 @@ def idle(widget) -> bool:
 
 
 def open_viewer(hb: Heartbeat):
-    import napari
-
-    viewer = napari.Viewer(show=True)
+    viewer = hb.viewer
     hb.enter("open image")
     viewer.open_sample("napari-casam", "ct_spleen")
     pause(0.5)
@@ -233,9 +246,14 @@ def show(viewer, widget, z: int) -> None:
 
 
 def measure(args) -> dict:
+    import napari
+
+    viewer = napari.Viewer(show=True)  # the QApplication first: a timer needs its event loop
+    pause(0.5)
     hb = Heartbeat()
+    hb.viewer = viewer
     if args.stacks:
-        hb.watch()
+        hb.watch(args.stacks / 1000.0)
     t0 = time.perf_counter()
     viewer, widget = open_viewer(hb)
     gt = next(ly for ly in viewer.layers if ly.name.endswith("ground truth")).data
@@ -325,7 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--boxes", type=int, default=8, help="boxes on a cached slice")
     ap.add_argument("--slices", type=int, default=3, help="uncached slices (and their next)")
     ap.add_argument("--dwell", type=float, default=6.0, help="seconds looking at each slice")
-    ap.add_argument("--stacks", action="store_true", help="print the stacks of blocks > 1 s")
+    ap.add_argument(
+        "--stacks", type=float, default=0, metavar="MS", help="print stacks of blocks > MS ms"
+    )
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["CASAM_HOME"] = str(Path(tmp) / "home")  # default settings, no disk cache
