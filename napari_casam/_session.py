@@ -359,8 +359,12 @@ class Session:
         overwrite: bool,
         extend: bool,
         cancel: threading.Event,
+        image_names: list[str] | None = None,
     ) -> Generator[Any, None, TaskInfo | None]:
         """Train a task; yields the engine's ``Progress``; None when cancelled (nothing saved).
+
+        ``image_names`` (file names and slices, or layer names and planes) name the images
+        in the engine's messages, as ``casam learn`` names its files.
 
         The engine's generator is closed in this thread as soon as the cancel flag is seen,
         which is between two of its yields.
@@ -380,6 +384,8 @@ class Session:
             settings=settings or LearnSettings(),
             overwrite=overwrite,
             extend=extend,
+            image_names=image_names,
+            estimate=True,
         )
         try:
             return (yield from relay(gen, cancel.is_set))

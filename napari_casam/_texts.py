@@ -79,6 +79,21 @@ TIPS: dict[str, str] = {
     "learn": "Train a task from the image and its masks in the background. The viewer stays "
     "usable.",
     "learn_cancel": "Stop training; nothing is saved.",
+    "also_learn": "Tick other open images (e.g. other patients) to learn the task from them "
+    "too, each with its own Labels layer. Slices without labels are skipped.",
+    "also_labels": "Labels layer with the corrected masks of this image (same shape).",
+    "learn_files": "Learn the task from image and mask files or folders on disk, read exactly "
+    "as “casam learn --images … --masks …” reads them, without opening them in napari.",
+    "files_intro": "One mask file or folder per image file or folder, in the same order: a "
+    "DICOM series folder with its DICOM SEG or NIfTI mask, NIfTI/NRRD/MHA image and mask "
+    "pairs, or 2-D images and stacks (.tif, .png, .npy). Folders are read in name order; slices "
+    "with empty masks are skipped.",
+    "files_request": "The task name, mode and epochs set in the dock's learn section.",
+    "files_images": "Image files, or folders of them (a DICOM folder is one series).",
+    "files_masks": "The mask of each image: a label volume on the image's grid, a DICOM SEG "
+    "of the series, or 2-D masks matching the image slices.",
+    "files_learn": "Read the files in the background and train the task; a file that cannot "
+    "be used stops it with one line saying why, and nothing is saved.",
     "learn_progress": "Training stage, epoch, loss and steps.",
     "learn_result": "Outcome of the last training.",
     "table": "Tasks learned with the active backbone: training images, router threshold "
@@ -192,6 +207,7 @@ def time_left(seconds: float) -> str:
 
 # ---- learning -------------------------------------------------------------------------------
 STAGES = {
+    "plan": "Timing this machine",
     "embed": "Embedding slices",
     "align": "Training the Alignment Layer",
     "vae": "Training the router",
@@ -222,6 +238,53 @@ def describe_progress(p: Any, epochs: int | None = None) -> tuple[str, int, int]
     if total:
         parts.append(f"{step}/{total}")
     return " · ".join(parts), step, total
+
+
+def shape_text(shape: Any) -> str:
+    """An array shape as people write it: ``29×512×512``."""
+    return "×".join(str(int(n)) for n in shape)
+
+
+def learning_from(name: str, n_images: int, n_layers: int, skipped: int) -> str:
+    """The line shown when a training from open layers starts."""
+    text = f"Learning “{name}” from {n_images} annotated images"
+    if n_layers > 1:
+        text += f" of {n_layers} image layers"
+    if skipped and n_layers > 1:
+        text += f" ({skipped} slices without labels skipped)"
+    return text + "…"
+
+
+def no_labels_yet(labels_names: list[str]) -> str:
+    """Why nothing can be learned: none of the chosen Labels layers has a label."""
+    if len(labels_names) == 1:
+        return f"“{labels_names[0]}” has no labels yet: segment and correct some slices first."
+    names = ", ".join(f"“{n}”" for n in labels_names)
+    return f"None of {names} has labels yet: segment and correct some slices first."
+
+
+def learning_from_files(name: str, n_pairs: int, skipped: int) -> str:
+    """The learn panel's line once the files are read (the estimate follows it)."""
+    return (
+        f"Learning “{name}” from {plural(n_pairs, 'annotated slice')} of files "
+        f"({skipped} empty skipped)…"
+    )
+
+
+def files_request(name: str, mode_title: str, epochs: int) -> str:
+    """What the files dialog will learn: the dock's task name, mode and epochs."""
+    task = f"“{name}”" if name else "no name yet (give one in the dock)"
+    return f"Task: {task} · {mode_title} · {plural(epochs, 'epoch')}"
+
+
+def files_read(n_pairs: int, skipped: int) -> str:
+    """Progress line once the files of a "Learn from files…" training are read."""
+    return f"Read {plural(n_pairs, 'annotated slice')} ({skipped} empty skipped)"
+
+
+def describe_estimate(p: Any) -> str:
+    """The message shown when learning starts: how long it will take here."""
+    return f"Estimated time: {getattr(p, 'message', '')}."
 
 
 def describe_result(info: Any, seconds: float) -> str:

@@ -20,7 +20,9 @@ from qtpy.QtWidgets import (
 from napari_casam._layers import spatial_shape
 from napari_casam._model.learn import LearnModel
 from napari_casam._qt.common import combo
-from napari_casam._texts import MODES, TIPS
+from napari_casam._qt.learn_files import LearnFilesDialog
+from napari_casam._qt.learn_pairs import PairsList
+from napari_casam._texts import MODES, TIPS, files_request
 
 if TYPE_CHECKING:
     import napari
@@ -49,6 +51,8 @@ class LearnPanel(QWidget):
         form.setRowWrapPolicy(QFormLayout.WrapLongRows)
         self.labels = combo(TIPS["labels"])
         form.addRow("Masks", self.labels)
+        self.others = PairsList(default_labels)
+        form.addRow("Also from", self.others)
         self.name = QLineEdit()
         self.name.setPlaceholderText("e.g. CT spleen")
         self.name.setToolTip(TIPS["task_name"])
@@ -64,15 +68,7 @@ class LearnPanel(QWidget):
         self.epochs.setValue(LearnSettings().epochs)
         self.epochs.setToolTip(TIPS["epochs"])
         form.addRow("Epochs", self.epochs)
-        row = QHBoxLayout()
-        self.learn_btn = QPushButton("Learn task")
-        self.learn_btn.setToolTip(TIPS["learn"])
-        self.cancel_btn = QPushButton("Cancel")
-        self.cancel_btn.setToolTip(TIPS["learn_cancel"])
-        self.cancel_btn.setEnabled(False)
-        row.addWidget(self.learn_btn, 1)
-        row.addWidget(self.cancel_btn)
-        form.addRow(row)
+        self._add_buttons(form)
         self.progress = QProgressBar()
         self.progress.setTextVisible(False)
         self.progress.setValue(0)
@@ -88,9 +84,25 @@ class LearnPanel(QWidget):
         form.addRow(self.result)
         self._bind(model)
 
+    def _add_buttons(self, form: QFormLayout) -> None:
+        row = QHBoxLayout()
+        self.learn_btn = QPushButton("Learn task")
+        self.learn_btn.setToolTip(TIPS["learn"])
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setToolTip(TIPS["learn_cancel"])
+        self.cancel_btn.setEnabled(False)
+        row.addWidget(self.learn_btn, 1)
+        row.addWidget(self.cancel_btn)
+        form.addRow(row)
+        self.files_btn = QPushButton("Learn from files…")
+        self.files_btn.setToolTip(TIPS["learn_files"])
+        form.addRow(self.files_btn)
+        self.files_dialog: LearnFilesDialog | None = None
+
     def _bind(self, model: LearnModel) -> None:
         self.learn_btn.clicked.connect(lambda: self.learn())
         self.cancel_btn.clicked.connect(self.cancel)
+        self.files_btn.clicked.connect(self.open_files_dialog)
         model.progress.connect(self._on_progress)
         model.state_changed.connect(self._on_state)
         model.message.connect(self.result.setText, check_nargs=False)
@@ -126,10 +138,17 @@ class LearnPanel(QWidget):
             self.name.setCompleter(QCompleter(names, self))
 
     def refresh_labels(self) -> None:
-        """List the Labels layers matching the selected image; keep or default the choice."""
+        """List the Labels layers matching the selected image (keep or default the choice),
+        and the other open images with theirs."""
         from napari.layers import Labels
 
+        from napari_casam._prompts import is_user_image
+
         image = self._image_layer()
+        current = image.name if image is not None else None
+        others = [ly for ly in self.viewer.layers if is_user_image(ly) and ly.name != current]
+        labels = [ly for ly in self.viewer.layers if isinstance(ly, Labels)]
+        self.others.refresh(others, labels)
         current = self.labels.currentText()
         self.labels.blockSignals(True)
         self.labels.clear()
@@ -151,18 +170,42 @@ class LearnPanel(QWidget):
         return next((ly for ly in self.viewer.layers if ly.name == name), None) if name else None
 
     def learn(self, name: str | None = None, mode: str | None = None) -> bool:
-        """Start training from the chosen image and Labels layer (False: refused, said why)."""
+        """Start training from the chosen image and Labels layer, and the other ticked images
+        with theirs (False: refused, said why)."""
+        self._set_request(name, mode)
+        pairs = [(self._image_layer(), self.labels_layer()), *self.others.pairs()]
+        return self.model.start_layers(
+            self.name.text().strip(), self.mode.currentData(), pairs, self.epochs.value()
+        )
+
+    def learn_files(
+        self, images: list[str], masks: list[str], name: str | None = None, mode: str | None = None
+    ) -> bool:
+        """Start training from image and mask files or folders (False: refused, said why)."""
+        self._set_request(name, mode)
+        return self.model.start_files(
+            self.name.text().strip(), self.mode.currentData(), images, masks, self.epochs.value()
+        )
+
+    def open_files_dialog(self) -> LearnFilesDialog:
+        """Show the "Learn from files…" dialog (one per panel: its lists are kept)."""
+        if self.files_dialog is None:
+            self.files_dialog = LearnFilesDialog(
+                lambda i, m: self.learn_files(i, m), self._describe_request, self
+            )
+            self.model.message.connect(self.files_dialog.show_message, check_nargs=False)
+        self.files_dialog.show()
+        self.files_dialog.raise_()
+        return self.files_dialog
+
+    def _describe_request(self) -> str:
+        return files_request(self.name.text().strip(), self.mode.currentText(), self.epochs.value())
+
+    def _set_request(self, name: str | None, mode: str | None) -> None:
         if name is not None:
             self.name.setText(name)
         if mode is not None:
             self.mode.setCurrentIndex(self.mode.findData(mode))
-        return self.model.start(
-            self.name.text().strip(),
-            self.mode.currentData(),
-            self._image_layer(),
-            self.labels_layer(),
-            self.epochs.value(),
-        )
 
     def cancel(self) -> None:
         self.model.cancel()
@@ -176,4 +219,5 @@ class LearnPanel(QWidget):
 
     def _on_state(self, running: bool) -> None:
         self.learn_btn.setEnabled(not running)
+        self.files_btn.setEnabled(not running)
         self.cancel_btn.setEnabled(running)

@@ -188,10 +188,14 @@ def read_pairs(
     masks: Sequence[str | Path],
     label: int | None = None,
     keep_empty: bool = False,
+    what: tuple[str, str] = ("--images", "--masks"),
 ) -> tuple[list[Pair], int]:
-    """Pair image and mask slices in sorted order; returns (pairs with foreground, n skipped)."""
-    ipaths = expand_paths(images, "--images")
-    mpaths = expand_paths(masks, "--masks")
+    """Pair image and mask slices in sorted order; returns (pairs with foreground, n skipped).
+
+    ``what`` names the image and mask lists in messages (the CLI's options, the dock's fields).
+    """
+    ipaths = expand_paths(images, what[0])
+    mpaths = expand_paths(masks, what[1])
     if len(ipaths) != len(mpaths):
         raise InputError(
             f"{len(ipaths)} image files but {len(mpaths)} mask files; "
@@ -213,6 +217,33 @@ def read_pairs(
                 skipped += 1
                 continue
             pairs.append(Pair(name, img, fg))
+    return pairs, skipped
+
+
+def read_learning_pairs(
+    images: Sequence[str | Path],
+    masks: Sequence[str | Path],
+    min_images: int,
+    folds: int,
+    label: int | None = None,
+    extend: bool = False,
+    what: tuple[str, str] = ("--images", "--masks"),
+) -> tuple[list[Pair], int]:
+    """The annotated slices ``casam learn`` (and the dock's "Learn from files…") trains on.
+
+    Refuses, before any model work, files that hold no foreground at all and (unless
+    ``extend``) fewer annotated slices than the ``folds``-fold threshold calibration needs.
+    """
+    pairs, skipped = read_pairs(images, masks, label, what=what)
+    if not pairs:
+        raise InputError(
+            f"{what[1]}: all {skipped} mask slices are empty; there is nothing to learn from"
+        )
+    if len(pairs) < min_images and not extend:
+        raise InputError(
+            f"only {len(pairs)} annotated slice(s); a task needs at least {min_images} "
+            f"for its {folds}-fold threshold calibration: annotate more slices"
+        )
     return pairs, skipped
 
 

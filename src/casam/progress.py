@@ -57,3 +57,12 @@ def drive(
             return stop.value
         if on_event is not None:
             on_event(event)
+
+
+def duration(seconds: float) -> str:
+    """A span of time as a person reads it: "40 s", "6.5 min", "1.2 h"."""
+    if seconds < 90:
+        return f"{max(seconds, 0):.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -33,7 +33,7 @@ from casam.task_tensors import FEATURES, layer_from_state, router_state
 
 @dataclass(frozen=True)
 class Progress:
-    """One step of learning. ``stage`` is embed, align, vae, evaluate or save."""
+    """One step of learning. ``stage`` is plan, embed, align, vae, evaluate or save."""
 
     stage: str
     step: int
@@ -41,6 +41,8 @@ class Progress:
     epoch: int | None = None
     loss: float | None = None
     message: str = ""
+    estimate: Any = None
+    """The ``casam.estimate.LearnEstimate`` of a "plan" event."""
 
     def __str__(self) -> str:
         s = f"{self.stage} {self.step}/{self.total}"
@@ -82,7 +84,7 @@ def bf16_supported() -> bool:
         return False
 
 
-def _use_bf16(s: LearnSettings, backbone: Backbone) -> bool:
+def use_bf16(s: LearnSettings, backbone: Backbone) -> bool:
     return (
         bool(s.bf16 if s.bf16 is not None else bf16_supported()) and backbone.device.type == "cpu"
     )
@@ -131,7 +133,7 @@ def train_alignment(
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda t: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(t, total) / max(total, 1)))
     )
-    use_bf16 = _use_bf16(s, backbone)
+    bf16 = use_bf16(s, backbone)
     step = 0
     for epoch in range(1, s.epochs + 1):
         perm = torch.randperm(n, generator=gen)
@@ -140,7 +142,7 @@ def train_alignment(
             bx = jitter_boxes(boxes[idx], s.box_jitter, backbone.input_size, gen).to(
                 backbone.device
             )
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 za = layer(z[where[idx]].to(backbone.device))
                 if s.point_share > 0 and float(torch.rand(1, generator=gen)) < s.point_share:
                     logits = _point_logits(backbone, za, bx, targets[idx], gen)
@@ -227,7 +229,7 @@ def _training_tensors(
     return z_all, boxes, targets, torch.tensor([slot[x.image] for x in samples])
 
 
-def _fit_router(feats: torch.Tensor, s: LearnSettings) -> tuple[Any, float]:
+def fit_task_router(feats: torch.Tensor, s: LearnSettings) -> tuple[Any, float]:
     """The task's VAE on its (N, 256) features and its routing threshold (with the margin)."""
     vae, fold_threshold, _ = fit_router(
         feats,
@@ -267,7 +269,7 @@ def _task_info(
         n_holdout=n_holdout,
         settings={
             **s.to_dict(),
-            "bf16": _use_bf16(s, backbone),
+            "bf16": use_bf16(s, backbone),
             "train_seconds": round(time.perf_counter() - t0, 1),
         },
         **means,
@@ -290,6 +292,36 @@ def _checked_samples(images, masks, label, image_names, s: LearnSettings, extend
     return used, samples, train_img, hold_img
 
 
+def _split(used, samples, train_img, hold_img) -> tuple[list[int], list[Sample], list[Sample]]:
+    """(sorted training image indices, training samples, held-out samples)."""
+    train_set, hold_set = {used[k] for k in train_img}, {used[k] for k in hold_img}
+    train = [x for x in samples if x.image in train_set]
+    return sorted(train_set), train, [x for x in samples if x.image in hold_set]
+
+
+def _plan(predictor, images, used, samples, train_img, hold_img, s: LearnSettings) -> Progress:
+    from casam.estimate import estimate_learn
+
+    _, train, hold = _split(used, samples, train_img, hold_img)
+    est = estimate_learn(
+        predictor, images[used[0]], len(used), len(train), len(train_img), len(hold), s
+    )
+    return Progress("plan", 1, 1, message=str(est), estimate=est)
+
+
+def _router_stage(
+    emb: dict, order: list[int], previous: LoadedTask | None, s: LearnSettings
+) -> Generator[Progress, None, tuple[Any, float, torch.Tensor]]:
+    """The VAE router on the training images' features (and an extended task's stored ones)."""
+    feats = torch.stack([emb[i].feature for i in order]).float()
+    if previous is not None and FEATURES in previous.router:
+        feats = torch.cat([previous.router[FEATURES].float(), feats])
+    yield Progress("vae", 0, 1, message=f"VAE and {s.folds}-fold threshold")
+    vae, threshold = fit_task_router(feats, s)
+    yield Progress("vae", 1, 1, message=f"threshold {threshold:.4g}")
+    return vae, threshold, feats
+
+
 def _embed_all(predictor: Predictor, images, used: list[int]) -> Generator[Progress, None, dict]:
     """Embeddings of the used images (cached: a revisited image costs no encoder call)."""
     emb = {}
@@ -310,8 +342,14 @@ def iter_learn_task(
     extend: bool = False,
     label: int | None = None,
     image_names: Sequence[str] | None = None,
+    estimate: bool = False,
 ) -> Generator[Progress, None, TaskInfo]:
-    """Learn (or, with ``extend``, continue) a task from images and their label masks."""
+    """Learn (or, with ``extend``, continue) a task from images and their label masks.
+
+    ``estimate``: first time the pieces on this machine (a few seconds) and yield
+    ``Progress("plan", 1, 1, message=...)`` whose ``estimate`` is a
+    :class:`casam.estimate.LearnEstimate`, before any long work.
+    """
     s = settings or LearnSettings()
     name = validate_name(name)
     if predictor is None:
@@ -323,15 +361,14 @@ def iter_learn_task(
         images, masks, label, image_names, s, extend
     )
     t0 = time.perf_counter()
+    if estimate:
+        yield _plan(predictor, images, used, samples, train_img, hold_img, s)
     torch.manual_seed(s.seed)
     gen = torch.Generator().manual_seed(s.seed)
 
     emb = yield from _embed_all(predictor, images, used)
 
-    train_set, hold_set = {used[k] for k in train_img}, {used[k] for k in hold_img}
-    order = sorted(train_set)
-    train_samples = [x for x in samples if x.image in train_set]
-    hold_samples = [x for x in samples if x.image in hold_set]
+    order, train_samples, hold_samples = _split(used, samples, train_img, hold_img)
     z_all, boxes, targets, where = _training_tensors(backbone, emb, order, train_samples)
 
     # the Alignment Layer, through the frozen decoder; then the VAE router and its threshold
@@ -340,12 +377,7 @@ def iter_learn_task(
         backbone, z_all, boxes, targets, s, layer=layer, where=where, gen=gen
     )
 
-    feats = torch.stack([emb[i].feature for i in order]).float()
-    if previous is not None and FEATURES in previous.router:
-        feats = torch.cat([previous.router[FEATURES].float(), feats])
-    yield Progress("vae", 0, 1, message=f"VAE and {s.folds}-fold threshold")
-    vae, threshold = _fit_router(feats, s)
-    yield Progress("vae", 1, 1, message=f"threshold {threshold:.4g}")
+    vae, threshold, feats = yield from _router_stage(emb, order, previous, s)
 
     # held-out IoU of plain SAM vs the layer; then save, atomically (nothing written before)
     means = yield from _evaluate(backbone, layer, emb, hold_samples)

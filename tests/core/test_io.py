@@ -6,7 +6,7 @@ import pytest
 import tifffile
 
 from casam.errors import InputError
-from casam.io import expand_paths, read_pairs, read_slices, write_mask
+from casam.io import expand_paths, read_learning_pairs, read_pairs, read_slices, write_mask
 
 
 @pytest.fixture
@@ -55,6 +55,25 @@ def test_pairs_skip_empty_and_honour_label(tmp_path, vol):
     assert skipped == 2
     pairs, skipped = read_pairs([tmp_path / "img.npy"], [tmp_path / "msk.npy"], label=2)
     assert len(pairs) == 1 and pairs[0].mask.sum() == 4 and skipped == 3
+
+
+def test_learning_pairs_refuse_empty_and_too_few_slices(tmp_path, vol):
+    v, m = vol
+    np.save(tmp_path / "img.npy", v)
+    np.save(tmp_path / "msk.npy", m)
+    np.save(tmp_path / "none.npy", np.zeros_like(m))
+    args = [tmp_path / "img.npy"], [tmp_path / "msk.npy"]
+    pairs, skipped = read_learning_pairs(*args, min_images=2, folds=2)
+    assert len(pairs) == 2 and skipped == 2
+    with pytest.raises(InputError, match=r"^only 2 annotated slice\(s\); a task needs at least 3 "):
+        read_learning_pairs(*args, min_images=3, folds=3)
+    assert len(read_learning_pairs(*args, min_images=3, folds=3, extend=True)[0]) == 2
+    with pytest.raises(InputError, match="^Masks: all 4 mask slices are empty; there is nothing"):
+        read_learning_pairs(
+            args[0], [tmp_path / "none.npy"], min_images=1, folds=2, what=("Images", "Masks")
+        )
+    with pytest.raises(InputError, match="^Images: .* does not exist"):
+        read_learning_pairs([tmp_path / "x.npy"], args[1], 1, 2, what=("Images", "Masks"))
 
 
 def test_folders_sorted_by_name(tmp_path):

@@ -103,3 +103,11 @@ def write_ct_nifti(path: Path, n: int = 10, theta: float = 0.0, mask: bool = Fal
     stored = np.ascontiguousarray(np.transpose(vol, (2, 1, 0))[::-1, ::-1, :])
     nib.save(nib.Nifti1Image(stored, ct_affine_ras(theta)), path)
     return stored
+
+
+def write_mask_nifti(path: Path, mask: np.ndarray, theta: float = 0.0) -> None:
+    """A label volume (z, y, x) stored as ``write_ct_nifti`` stores the scan (same affine)."""
+    import nibabel as nib
+
+    stored = np.ascontiguousarray(np.transpose(mask, (2, 1, 0))[::-1, ::-1, :])
+    nib.save(nib.Nifti1Image(stored.astype(np.uint8), ct_affine_ras(theta)), path)

@@ -92,15 +92,17 @@ class FakeSession:
             yield k + 1, len(items)
         return out
 
-    def job_learn(self, images, masks, name, settings, overwrite, extend, cancel):
+    def job_learn(self, images, masks, name, settings, overwrite, extend, cancel, names=None):
         from casam.errors import Cancelled
 
+        self.calls.append(("learn", len(images), list(names or []), overwrite, extend))
         try:
             return (yield from relay(self._train(name, settings), cancel.is_set))
         except Cancelled:
             return None
 
     def _train(self, name, settings):
+        yield FakeProgress("plan", 1, 1, message="about 9 s on this machine")
         for epoch in range(1, self.learn_events + 1):
             yield FakeProgress("align", epoch, self.learn_events, epoch, 0.5 / epoch)
         self.saved.append(name)
@@ -114,6 +116,7 @@ class FakeProgress:
     total: int
     epoch: int | None = None
     loss: float | None = None
+    message: str = ""
 
 
 @dataclass

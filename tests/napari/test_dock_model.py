@@ -226,7 +226,8 @@ def test_learn_refuses_bad_requests_and_runs_to_the_end(monkeypatch):
     assert not model.start("Liver", "new", image, labels, epochs=5)
     assert "no labels yet" in model.last_error
     image, labels = labels_for(SHAPE, [1, 3])
-    states, progress, learned = [], [], []
+    states, progress, learned, messages = [], [], [], []
+    model.message.connect(messages.append)
     model.state_changed.connect(states.append)
     model.progress.connect(lambda text, v, n: progress.append(text))
     model.learned.connect(learned.append)
@@ -238,6 +239,10 @@ def test_learn_refuses_bad_requests_and_runs_to_the_end(monkeypatch):
         for t in progress
     ), progress
     assert [i.name for i in learned] == ["Liver"] and session.saved == ["Liver"]
+    assert messages[:2] == [  # the estimate comes before any training
+        "Learning “Liver” from 2 annotated images…",
+        "Learning “Liver” from 2 annotated images… Estimated time: about 9 s on this machine.",
+    ]
 
 
 def test_cancel_a_training_saves_nothing(monkeypatch):

@@ -159,3 +159,106 @@ def test_extend_an_existing_task(
     after = w.session.library.info("CT spleen")
     assert after.n_images > before.n_images
     assert w.library.names() == ["CT spleen"]
+
+
+def library_images(w, name):
+    """The task's training + held-out image count, and the library table's "Images" cell."""
+    info = w.session.library.info(name)
+    row = w.library.names().index(name)
+    return info.n_images + info.n_holdout, w.library.table.item(row, 1).text(), info
+
+
+def test_learn_a_task_from_files(
+    make_napari_viewer, open_dock, qtbot, tmp_path, notes, wait_idle, h
+):
+    from qtpy.QtCore import Qt
+    from volume_helpers import ct_spleen, write_ct_nifti, write_mask_nifti
+
+    write_ct_nifti(tmp_path / "scan.nii.gz", n=9)
+    truth = ct_spleen(9)[1].copy()
+    truth[4] = 0  # an empty slice: skipped, as casam learn skips it
+    write_mask_nifti(tmp_path / "seg.nii.gz", truth)
+    write_mask_nifti(tmp_path / "small.nii.gz", truth[:, :-3])
+    viewer = make_napari_viewer()
+    w = open_dock(viewer)
+    w.learn.name.setText("CT spleen files")
+    w.learn.settings_overrides = dict(h.TINY)
+    qtbot.mouseClick(w.learn.files_btn, Qt.LeftButton)
+    dialog = w.learn.files_dialog
+    assert dialog is not None and dialog.isVisible()
+    assert dialog.request.text().startswith("Task: “CT spleen files” · New task · ")
+    dialog.images.add_paths([str(tmp_path / "scan.nii.gz")])
+    # a mask on another grid: the CLI's line in the dock and a notification, nothing saved
+    dialog.masks.add_paths([str(tmp_path / "small.nii.gz")])
+    qtbot.mouseClick(dialog.learn_btn, Qt.LeftButton)
+    qtbot.waitUntil(lambda: not w.learn.running, timeout=120_000)
+    error = w.learn.last_error
+    assert error.startswith(f"mask of {tmp_path / 'scan.nii.gz'}: ") and "98x" in error, error
+    assert w.learn.result.text() == error and error in notes
+    assert w.library.names() == [] and w.learn.files_btn.isEnabled()
+    qtbot.mouseClick(w.learn.files_btn, Qt.LeftButton)  # the lists were kept: fix the mask
+    assert dialog.isVisible() and dialog.message.text() == error
+    dialog.masks.list.setCurrentRow(0)
+    qtbot.mouseClick(dialog.masks.remove_btn, Qt.LeftButton)
+    dialog.masks.add_paths([str(tmp_path / "seg.nii.gz")])
+    assert dialog.images.paths() == [str(tmp_path / "scan.nii.gz")]
+    assert dialog.masks.paths() == [str(tmp_path / "seg.nii.gz")]
+    qtbot.mouseClick(dialog.learn_btn, Qt.LeftButton)
+    assert w.learn.running and not dialog.isVisible()
+    assert not w.learn.files_btn.isEnabled()
+    qtbot.waitUntil(lambda: not w.learn.running, timeout=1_200_000)
+    wait_idle(w)
+    assert w.learn.last_error is None, w.learn.last_error
+    assert w.learn_model.files_read == (8, 1)
+    assert "Learned “CT spleen files” from" in w.learn.result.text()
+    assert w.library.names() == ["CT spleen files"]
+    total, cell, info = library_images(w, "CT spleen files")
+    assert total == 8 and cell == str(info.n_images)
+    assert len(viewer.layers) == 0  # nothing was opened in napari for it
+
+
+def test_learn_a_task_from_two_open_images(
+    make_napari_viewer, open_dock, ct_spleen, qtbot, wait_idle, h
+):
+    from qtpy.QtCore import QPoint, Qt
+
+    images, gt = ct_spleen
+    viewer = make_napari_viewer()
+    lab_a, lab_b = np.zeros_like(gt[:14]), np.zeros_like(gt[14:])
+    lab_a[[0, 2, 4, 6]] = gt[[0, 2, 4, 6]]
+    lab_b[[1, 3, 5]] = gt[[15, 17, 19]]
+    viewer.add_image(images[:14], name="patient A", contrast_limits=(-160, 240))
+    viewer.add_labels(lab_a, name="A corrected")
+    viewer.add_image(images[14:], name="patient B", contrast_limits=(-160, 240))
+    viewer.add_labels(lab_b, name="B corrected")
+    viewer.layers.selection.active = viewer.layers["patient B"]
+    w = open_dock(viewer)
+    assert w.image_layer.name == "patient B"
+    w.learn.labels.setCurrentText("B corrected")
+    assert list(w.learn.others.rows) == ["patient A"]
+    box, choice = w.learn.others.rows["patient A"]
+    assert not box.isChecked()
+    qtbot.mouseClick(box, Qt.LeftButton, pos=QPoint(8, box.height() // 2))  # its tick box
+    assert box.isChecked()
+    # its Labels layer must be drawn on it: B's labels (15 slices) are refused, shapes named
+    choice.setCurrentText("B corrected")
+    w.learn.name.setText("CT spleen 2 patients")
+    w.learn.settings_overrides = dict(h.TINY)
+    qtbot.mouseClick(w.learn.learn_btn, Qt.LeftButton)
+    assert not w.learn.running
+    assert w.learn.last_error == (
+        "“patient A” is 14×101×122 but its labels “B corrected” are 15×101×122; choose the "
+        "Labels layer drawn on this image."
+    )
+    choice.setCurrentText("A corrected")
+    qtbot.mouseClick(w.learn.learn_btn, Qt.LeftButton)
+    assert w.learn.running
+    assert w.learn.result.text().startswith(
+        "Learning “CT spleen 2 patients” from 7 annotated images of 2 image layers"
+    )
+    qtbot.waitUntil(lambda: not w.learn.running, timeout=1_200_000)
+    wait_idle(w)
+    assert w.learn.last_error is None, w.learn.last_error
+    assert w.library.names() == ["CT spleen 2 patients"]
+    total, cell, info = library_images(w, "CT spleen 2 patients")
+    assert total == 7 and cell == str(info.n_images)

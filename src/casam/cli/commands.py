@@ -78,7 +78,7 @@ def _learn_settings(args: argparse.Namespace) -> Any:
 
 def cmd_learn(args: argparse.Namespace) -> int:
     from casam.cli.learn_progress import LearnDisplay
-    from casam.io import read_pairs
+    from casam.io import read_learning_pairs
     from casam.library import validate_name
     from casam.progress import drive
     from casam.training import iter_learn_task
@@ -87,17 +87,10 @@ def cmd_learn(args: argparse.Namespace) -> int:
     lib = _library(args)
     if not (args.overwrite or args.extend):
         lib.ensure_free(name)
-    pairs, skipped = read_pairs(args.images, args.masks, args.label)
     settings = _learn_settings(args)
-    if not pairs:
-        raise InputError(
-            f"--masks: all {skipped} mask slices are empty; there is nothing to learn from"
-        )
-    if len(pairs) < settings.min_images and not args.extend:
-        raise InputError(
-            f"only {len(pairs)} annotated slice(s); a task needs at least {settings.min_images} "
-            f"for its {settings.folds}-fold threshold calibration: annotate more slices"
-        )
+    pairs, skipped = read_learning_pairs(
+        args.images, args.masks, settings.min_images, settings.folds, args.label, args.extend
+    )
     p = _predictor(args)
     print(
         f"learning '{name}' from {len(pairs)} annotated slices ({skipped} empty skipped) "
@@ -113,6 +106,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         extend=args.extend,
         image_names=[x.name for x in pairs],
+        estimate=True,
     )
     display = LearnDisplay(settings.epochs)
     try:
@@ -126,6 +120,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
         f"SAM {_fmt(info.iou_sam)} -> task {_fmt(info.iou_task)}"
         + (f" ({gain:+.3f})" if gain is not None else "")
         + f"; {info.settings.get('train_seconds', 0):.0f} s"
+        + (f" (estimated {display.estimate.total:.0f} s)" if display.estimate else "")
     )
     return 0
 

@@ -8,17 +8,16 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from casam.progress import duration
+
 STAGE_WORDS = {
+    "plan": "timing this machine",
     "embed": "embedding the images",
     "align": "training the Alignment Layer",
     "vae": "fitting the router",
     "evaluate": "evaluating on held-out slices",
     "save": "saving the task",
 }
-
-
-def _minutes(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
 class LearnDisplay:
@@ -45,9 +44,15 @@ class LearnDisplay:
         self._stage = ""
         self._stage_start = 0.0
         self._last_line = -float("inf")
+        self.estimate: Any = None
+        """The ``LearnEstimate`` of the "plan" event, once seen."""
 
     def __call__(self, pr: Any) -> None:
         now = self.clock()
+        if pr.stage == "plan":
+            self.estimate = pr.estimate
+            print(f"casam learn: estimated {pr.message}", file=self.stream, flush=True)
+            return
         if pr.stage != self._stage:
             self._stage, self._stage_start = pr.stage, now
             if not self.tty:
@@ -67,7 +72,7 @@ class LearnDisplay:
             words.append(f"loss {pr.loss:.3f}")
         elapsed = now - self._stage_start
         if 0 < pr.step < pr.total and elapsed > 0:
-            words.append(f"about {_minutes(elapsed / pr.step * (pr.total - pr.step))} left")
+            words.append(f"about {duration(elapsed / pr.step * (pr.total - pr.step))} left")
         return "casam learn: " + " · ".join(words)
 
     def _line(self, pr: Any, now: float) -> None:
