@@ -360,8 +360,9 @@ class DockModel(JobFeedback):
         )
 
     def cancel_jobs(self) -> None:
-        """Stop preparing or interpolating (at the next slice)."""
+        """Stop preparing or interpolating (at the next slice), and prefetching."""
         self._cancel.set()
+        self.prefetch.cancel()
         self.cancellable.emit(False)
 
     def close(self) -> None:

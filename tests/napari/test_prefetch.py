@@ -152,6 +152,14 @@ def test_another_image_or_closing_cancels_the_prefetch(dock):
     assert [c[1] for c in calls(dock, "prefetch")] == [(3,), (1,)]  # the running one ends
 
 
+def test_cancel_stops_the_prefetch_too(dock):
+    dock.update_route()
+    step_until_prefetching(dock, (3,))
+    dock.cancel_jobs()  # the job bar's Cancel (and closing the dock's jobs)
+    dock.manual.run_all()
+    assert [c[1] for c in calls(dock, "prefetch")] == [(3,)] and not dock.prefetch.busy
+
+
 def test_no_prefetch_when_jobs_run_synchronously(monkeypatch, dock):
     monkeypatch.setenv("CASAM_NAPARI_NOTHREADS", "1")
     model = DockModel(FakeSession(), dock.layers)
