@@ -5,7 +5,7 @@ the last leading axis: the one napari's slider steps) are embedded one per backg
 the dock's :class:`~napari_casam._jobs.JobQueue`: a job the user asked for (a box, routing,
 prepare volume) always runs before the next prefetch job, so a box waits at most for the one
 slice being embedded. Moving to another slice re-targets the plan (queued prefetch jobs are
-dropped, the running one finishes); changing image or closing the dock cancels it. Nothing
+dropped, the running one finishes); changing image, Cancel or closing the dock cancels it. Nothing
 here imports Qt.
 """
 
