@@ -121,41 +121,68 @@ class JobQueue:
     """Runs jobs one after another, so only one touches the predictor at a time.
 
     A job submitted with ``replace=True`` drops queued (not running) jobs of the same ``key``:
-    scrolling through a volume routes only the slice the user stops on.
+    scrolling through a volume routes only the slice the user stops on. A job submitted with
+    ``background=True`` (prefetching) runs only when no other job waits: a box the user just
+    drew waits at most for the background job already running. Background jobs do not make
+    the queue ``busy``, and they are dropped when threads are disabled (they must never block
+    the caller). ``starter`` runs one job (default :func:`start`; tests pass a manual one).
     """
 
     busy_changed = Signal(bool)
 
-    def __init__(self) -> None:
+    def __init__(self, starter: Callable[..., Any] | None = None) -> None:
         self._pending: deque[Job] = deque()
+        self._background: deque[Job] = deque()
         self._current: Job | None = None
+        self._current_bg = False
         self._worker: Any = None
         self._running_sync = False
+        self._shown_busy = False
+        self._start = starter or start
         self.closed = False
 
     @property
     def busy(self) -> bool:
-        return self._current is not None or bool(self._pending)
+        """True while a job (not a background one) runs or waits."""
+        return (self._current is not None and not self._current_bg) or bool(self._pending)
+
+    @property
+    def background_busy(self) -> bool:
+        return (self._current is not None and self._current_bg) or bool(self._background)
+
+    @property
+    def synchronous(self) -> bool:
+        return self._start is start and threads_disabled()
 
     @property
     def worker(self) -> Any:
         """The napari worker of the running job (None when idle or synchronous)."""
         return self._worker
 
-    def submit(self, job: Job, replace: bool = False) -> None:
-        if self.closed:
+    def submit(self, job: Job, replace: bool = False, background: bool = False) -> None:
+        if self.closed or (background and self.synchronous):
             return
-        was_busy = self.busy
+        queue = self._background if background else self._pending
         if replace and job.key is not None:
-            self._pending = deque(j for j in self._pending if j.key != job.key)
-        self._pending.append(job)
-        if not was_busy:
-            self.busy_changed.emit(True)
+            kept = [j for j in queue if j.key != job.key]
+            queue.clear()
+            queue.extend(kept)
+        queue.append(job)
+        self._show_busy()
         self._run_next()
+
+    def drop(self, key: str) -> None:
+        """Drop the queued jobs of ``key`` (the running one finishes)."""
+        for queue in (self._pending, self._background):
+            kept = [j for j in queue if j.key != key]
+            queue.clear()
+            queue.extend(kept)
+        self._show_busy()
 
     def clear(self) -> None:
         """Drop queued jobs; the running one finishes (or stops at its next yield)."""
         self._pending.clear()
+        self._background.clear()
         if self._worker is not None and getattr(self._worker, "is_running", False):
             self._worker.quit()
 
@@ -167,7 +194,7 @@ class JobQueue:
     def _run_next(self) -> None:
         if self._current is not None or self._running_sync:
             return
-        if threads_disabled():
+        if self.synchronous:
             self._running_sync = True
             try:
                 while self._pending:
@@ -176,16 +203,20 @@ class JobQueue:
                     self._current = None
             finally:
                 self._running_sync = False
-            self._emit_busy(False)
+            self._show_busy()
             return
-        if not self._pending:
-            self._emit_busy(False)
-            return
-        self._current = self._pending.popleft()
-        self._worker = self._launch(self._current, on_done=self._done)
+        if self._pending or self._background:
+            self._current_bg = not self._pending
+            self._current = (self._background if self._current_bg else self._pending).popleft()
+            self._show_busy()
+            self._worker = self._launch(self._current, on_done=self._done)
+        self._show_busy()
 
-    def _emit_busy(self, busy: bool) -> None:
-        if not self.closed:
+    def _show_busy(self) -> None:
+        """Emit ``busy_changed`` when :attr:`busy` changed since it was last emitted."""
+        busy = self.busy or self._running_sync
+        if busy != self._shown_busy and not self.closed:
+            self._shown_busy = busy
             self.busy_changed.emit(busy)
 
     def _launch(self, job: Job, on_done: Callable[[], None] | None = None) -> Any:
@@ -197,7 +228,7 @@ class JobQueue:
                 if on_done:
                     on_done()
 
-        return start(
+        return self._start(
             job.func,
             *job.args,
             yielded=self._unless_closed(job.yielded),
@@ -214,6 +245,7 @@ class JobQueue:
 
     def _done(self) -> None:
         self._current = None
+        self._current_bg = False
         self._worker = None
         self._run_next()
 

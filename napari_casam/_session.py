@@ -303,6 +303,23 @@ class Session:
             yield k + 1, n
         return computed[0]
 
+    def job_prefetch(
+        self, get_plane: Callable[[Index], np.ndarray], index: Index
+    ) -> Generator[Index, None, bool]:
+        """Embed one plane ahead of the user (a background job); True when the encoder ran.
+
+        Never loads the model: until it is loaded there is nothing to prefetch with.
+        """
+        p = self.predictor
+        if p is None:
+            return False
+        image = get_plane(index)
+        if p.is_cached(image):
+            return False
+        yield index  # a cancelled prefetch stops here, before the encoder
+        p.embed(image)
+        return True
+
     def job_interpolate(
         self,
         get_plane: Callable[[Index], np.ndarray],

@@ -31,7 +31,9 @@ from napari_casam._layers import (
 )
 from napari_casam._model import boxes as B
 from napari_casam._model import labels as L
+from napari_casam._model.feedback import JobFeedback
 from napari_casam._model.layers import Layers
+from napari_casam._model.prefetch import Prefetch
 from napari_casam._model.quality import low_confidence
 from napari_casam._model.routing import RouteState
 from napari_casam._notify import notify
@@ -47,7 +49,7 @@ UNDO_DIFF_BYTES = 256 << 20
 log = logging.getLogger(__name__)
 
 
-class DockModel:
+class DockModel(JobFeedback):
     """State and actions of one dock; emits events the views show."""
 
     route_changed = Signal(object, str)
@@ -70,7 +72,7 @@ class DockModel:
         self.last_timing: dict[str, float] = {}
         self.notify: Callable[[str, str], None] = notify
         self._cancel = threading.Event()
-        self._job_started = 0.0
+        self.prefetch = Prefetch(session, self.jobs)
 
     # ---- binding ----------------------------------------------------------------------------
     @property
@@ -80,6 +82,7 @@ class DockModel:
     def bind(self, image: Any) -> None:
         """Work on ``image`` from now on; its routing is not known yet."""
         self.token = self.layers.token(image) if image is not None else None
+        self.prefetch.cancel()
         self._set_route(RouteState(self.token))
 
     def current_index(self, image: Any = None) -> Index:
@@ -136,6 +139,8 @@ class DockModel:
             ),
             replace=True,
         )
+        shape = spatial_shape(image.data.shape, image.rgb)
+        self.prefetch.retarget(self.token, partial(plane, image.data), index, shape[:-2])
 
     def _on_routed(self, tok: str, result: Routed) -> None:
         if tok != self.token or result.index != self.current_index():
@@ -355,44 +360,15 @@ class DockModel:
         )
 
     def cancel_jobs(self) -> None:
-        """Stop preparing or interpolating (at the next slice)."""
+        """Stop preparing or interpolating (at the next slice), and prefetching."""
         self._cancel.set()
+        self.prefetch.cancel()
         self.cancellable.emit(False)
-
-    # ---- job feedback -----------------------------------------------------------------------
-    def set_status(self, text: str) -> None:
-        self.status = text
-        self.status_changed.emit(text)
-
-    def on_job_text(self, value: Any) -> None:
-        if isinstance(value, str):
-            self.job_changed.emit(value, 0, 0)
-
-    def on_count(self, what: str, value: tuple[int, int]) -> None:
-        done, total = value
-        self.job_changed.emit(f"{what} {done}/{total}", done, max(total, 1))
-
-    def on_idle(self) -> None:
-        self.job_changed.emit("Idle", 0, 1)
-        self.cancellable.emit(False)
-
-    def on_job_error(self, exc: BaseException) -> None:
-        from casam.errors import Cancelled, CasamError
-
-        if isinstance(exc, Cancelled):
-            self.set_status("Cancelled.")
-            return
-        if isinstance(exc, CasamError):
-            self.notify("warning", str(exc))
-            self.set_status(str(exc))
-            return
-        log.error("napari-casam: background job failed", exc_info=exc)
-        self.notify("error", f"CA-SAM: {type(exc).__name__}: {exc}")
-        self.set_status(f"Failed: {exc}")
 
     def close(self) -> None:
         """Stop every job and tell the views nothing more (they are going away)."""
         self._cancel.set()
+        self.prefetch.cancel()
         self.jobs.close()
         for signal in (self.route_changed, self.status_changed, self.job_changed, self.cancellable):
             signal.disconnect()

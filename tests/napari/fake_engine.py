@@ -40,6 +40,8 @@ class FakeSession:
     scores: dict = field(default_factory=dict)
     """box number -> SAM IoU estimate (default 0.9)."""
     saved: list[str] = field(default_factory=list)
+    cached: set = field(default_factory=set)
+    """Plane indices embedded so far (routing with compute, boxes, prefetching)."""
 
     def task_names(self) -> list[str]:
         return list(self.names)
@@ -47,6 +49,8 @@ class FakeSession:
     def job_route(self, image, index, compute):
         self.calls.append(("route", index))
         yield "Computing the image embedding…"
+        if compute:
+            self.cached.add(index)
         decision = self.route_for.get(index)
         if isinstance(decision, Exception):
             raise decision
@@ -54,6 +58,7 @@ class FakeSession:
 
     def job_segment(self, image, index, boxes, task="auto", tags=()):
         self.calls.append(("segment", index, len(boxes), task))
+        self.cached.add(index)
         yield "Segmenting…"
         masks = np.stack([box_mask(image.shape[:2], b) for b in boxes])
         routed = self.route_for.get(index)
@@ -62,6 +67,15 @@ class FakeSession:
         return Segmented(
             index, masks, scores, route, None, 0.0, 0.01, list(tags), routed, np.asarray(boxes)
         )
+
+    def job_prefetch(self, get_plane, index):
+        get_plane(index)
+        if index in self.cached:
+            return False
+        yield index
+        self.calls.append(("prefetch", index))
+        self.cached.add(index)
+        return True
 
     def job_prepare(self, get_plane, indices, cancel):
         for k, ix in enumerate(indices):

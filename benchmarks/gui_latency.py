@@ -1,0 +1,371 @@
+"""The dock's felt latency in a real napari viewer (issue 16), in one run of a few minutes.
+
+    xvfb-run -a -s "-screen 0 1280x1024x24" python benchmarks/gui_latency.py --json
+
+A real viewer with the CA-SAM dock (default runtime, LiteMedSAM) on the bundled CT spleen
+sample (29 slices). Boxes are added to the dock's boxes layer (``Shapes.add_rectangles``, what a
+drag does) and timed from that Shapes event to the first canvas draw after the masks layer was
+written. Keys (medians; ms):
+
+- gui_box_cached_ms: a box on a slice already embedded (the slice in view after routing).
+- gui_box_uncached_ms: the first box on a slice never embedded (the view jumps there and the box
+  is drawn at once, before routing or prefetch could start on it).
+- gui_box_next_slice_ms: the first box after stepping to the neighbouring slice once the dock was
+  idle for a moment (the prefetched case); ``next_slice_encoder_calls`` counts encoder images run
+  for those boxes (0 when prefetch already embedded the slice).
+- gui_max_block_ms: the longest the Qt event loop went without running a 5 ms heartbeat timer,
+  over opening the image, loading the model, routing, boxes and preparing the volume
+  (``block_ms_by_phase`` has each phase; opening the dock itself, a synchronous widget
+  construction in the GUI thread, is ``dock_open_block_ms``, outside the figure).
+- box_breakdown_ms: a cached box split into its parts (medians of the per-box steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+STEPS = (
+    ("event", "handler"),  # Shapes event -> the dock's handler
+    ("handler", "submitted"),  # boxes read, job queued and its worker started
+    ("submitted", "worker"),  # the worker thread runs the job
+    ("worker", "embedded"),  # set_image: cache look-up (or encoder) and routing
+    ("embedded", "predicted"),  # Predictor.predict: routing, decoder, upscaling
+    ("predicted", "gui"),  # the result reaches the GUI thread
+    ("gui", "written"),  # masks written into the Labels layer (one undo step)
+    ("written", "done"),  # the rest of the callback (box labels, status, route card)
+    ("done", "drawn"),  # the canvas draws the new labels
+)
+
+
+def log(*a) -> None:
+    print(*a, file=sys.stderr, flush=True)
+
+
+class Heartbeat:
+    """A 5 ms QTimer in the GUI thread; records the longest gap between its ticks per phase."""
+
+    def __init__(self) -> None:
+        from qtpy.QtCore import QTimer
+
+        self.phase = "start"
+        self.gaps: dict[str, float] = {}
+        self.longest: list[tuple[float, str, float]] = []
+        """The longest blocks: (ms, phase, seconds into the session when it ended)."""
+        self.t0 = self._last = time.perf_counter()
+        self.timer = QTimer()
+        self.timer.setInterval(5)
+        self.timer.timeout.connect(self._tick)
+        self.timer.start()
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        gap = (now - self._last) * 1000.0 - 5.0
+        self.gaps[self.phase] = max(self.gaps.get(self.phase, 0.0), gap)
+        self._last = now
+        if gap > 50:
+            self.longest = sorted([*self.longest, (gap, self.phase, now - self.t0)])[-8:]
+
+    def enter(self, phase: str) -> None:
+        self._tick()
+        self.phase = phase
+
+    def watch(self, late_s: float = 1.0) -> None:
+        """From a thread: when the loop is ``late_s`` late, print every thread's stack once."""
+        main = threading.main_thread().ident
+
+        def run() -> None:
+            seen = 0.0
+            while True:
+                time.sleep(0.05)
+                last = self._last
+                if time.perf_counter() - last > late_s and last != seen:
+                    seen = last
+                    log(f"--- the event loop is {late_s * 1000:.0f} ms late, phase {self.phase}:")
+                    for tid, frame in sys._current_frames().items():
+                        name = "GUI thread" if tid == main else f"thread {tid}"
+                        log(f"# {name}\n" + "".join(traceback.format_stack(frame)[-6:]))
+
+        threading.Thread(target=run, daemon=True).start()
+
+
+def spin(until, timeout: float = 600.0) -> None:
+    """Run the Qt event loop (``QEventLoop.exec``, as napari's own loop runs) until ``until()``
+    is true; a 2 ms timer checks it. ``processEvents`` in a Python loop is not used: it can
+    leave timers (the heartbeat) unserved for seconds and so report blocks that never were."""
+    from qtpy.QtCore import QEventLoop, QTimer
+
+    if until():
+        return
+    loop = QEventLoop()
+    end = time.perf_counter() + timeout
+    failed: list[bool] = []
+
+    def check() -> None:
+        if until():
+            loop.quit()
+        elif time.perf_counter() > end:
+            failed.append(True)
+            loop.quit()
+
+    timer = QTimer()
+    timer.setInterval(2)
+    timer.timeout.connect(check)
+    timer.start()
+    loop.exec_()
+    timer.stop()
+    if failed:
+        raise TimeoutError("the dock did not finish in time")
+
+
+def pause(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    spin(lambda: time.perf_counter() >= end)
+
+
+class Probe:
+    """Timestamps of one box's way through the dock (wraps the dock's objects from outside)."""
+
+    def __init__(self, widget, canvas) -> None:
+        import napari_casam._model.dock as dock_mod
+
+        self.t: dict[str, float] = {}
+        self.draws: list[float] = []
+        canvas.events.draw.connect(lambda e: self.draws.append(time.perf_counter()))
+        st, jobs, session = widget.state, widget.jobs, widget.session
+        self._wrap(st, "segment_new_boxes", "handler", None)
+        self._wrap(jobs, "submit", None, "submitted")
+        self._wrap(st, "_on_segmented", "gui", "done")
+        labels = dock_mod.L
+
+        class _L:  # the dock reaches write_masks as L.write_masks
+            def __getattr__(_, name):
+                return getattr(labels, name)
+
+            def write_masks(_, *a, **k):
+                out = labels.write_masks(*a, **k)
+                self.t["written"] = time.perf_counter()
+                return out
+
+        dock_mod.L = _L()
+        orig_job = session.job_segment
+
+        def job_segment(*a, **k):
+            self.t["worker"] = time.perf_counter()
+            return (yield from orig_job(*a, **k))
+
+        session.job_segment = job_segment
+        p = session.predictor
+        self._wrap(p, "set_image", None, "embedded", needs="worker")  # routing calls it too
+        self._wrap(p, "predict", None, "predicted", needs="worker")
+
+    def _wrap(self, obj, name: str, before: str | None, after: str | None, needs: str = "") -> None:
+        orig = getattr(obj, name)
+
+        def wrapped(*a, **k):
+            if before:
+                self.t.setdefault(before, time.perf_counter())
+            out = orig(*a, **k)
+            if after and (not needs or needs in self.t):
+                self.t.setdefault(after, time.perf_counter())
+            return out
+
+        setattr(obj, name, wrapped)
+
+    def box(self, widget, rect) -> dict[str, float]:
+        """Add one rectangle, wait for its labels to be drawn; the step times in ms."""
+        self.t = {"event": time.perf_counter()}
+        widget.prompts_layer().add_rectangles([rect])
+        spin(lambda: "done" in self.t)
+        spin(lambda: any(d >= self.t["done"] for d in self.draws), timeout=5)
+        self.t["drawn"] = next(d for d in self.draws if d >= self.t["done"])
+        t = self.t
+        out = {f"{a}->{b}": (t[b] - t[a]) * 1000.0 for a, b in STEPS if a in t and b in t}
+        out["total"] = (t["drawn"] - t["event"]) * 1000.0
+        return out
+
+
+def rect_for(mask2d, index: int, margin: float):
+    import numpy as np
+
+    rows = np.flatnonzero(mask2d.any(1))
+    cols = np.flatnonzero(mask2d.any(0))
+    r0, r1, c0, c1 = rows[0] - margin, rows[-1] + margin, cols[0] - margin, cols[-1] + margin
+    return np.array([[index, r0, c0], [index, r0, c1], [index, r1, c1], [index, r1, c0]], float)
+
+
+class Encoder:
+    """Counts images through the encoder runtime (as speed.py's EncoderCounter)."""
+
+    def __init__(self, backbone) -> None:
+        self.calls = 0
+        rt = backbone.runtime
+        if rt is None:
+            return
+        orig = rt.embed
+
+        def embed(x):
+            self.calls += int(x.shape[0])
+            return orig(x)
+
+        rt.embed = embed
+
+
+def idle(widget) -> bool:
+    prefetch = getattr(widget.state, "prefetch", None)
+    return not widget.busy and not (prefetch is not None and prefetch.busy)
+
+
+def open_viewer(hb: Heartbeat):
+    viewer = hb.viewer
+    hb.enter("open image")
+    viewer.open_sample("napari-casam", "ct_spleen")
+    pause(0.5)
+    hb.enter("open dock")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-casam", "CA-SAM")
+    hb.enter("load model and route")
+    spin(lambda: idle(widget) and widget.session.predictor is not None)
+    pause(1.0)
+    spin(lambda: idle(widget))
+    return viewer, widget
+
+
+def show(viewer, widget, z: int) -> None:
+    widget.layers.show_plane(widget.image_layer, (z,))
+
+
+def measure(args) -> dict:
+    import napari
+
+    viewer = napari.Viewer(show=True)  # the QApplication first: a timer needs its event loop
+    pause(0.5)
+    hb = Heartbeat()
+    hb.viewer = viewer
+    if args.stacks:
+        hb.watch(args.stacks / 1000.0)
+    t0 = time.perf_counter()
+    viewer, widget = open_viewer(hb)
+    gt = next(ly for ly in viewer.layers if ly.name.endswith("ground truth")).data
+    canvas = viewer.window._qt_viewer.canvas._scene_canvas
+    probe = Probe(widget, canvas)
+    enc = Encoder(widget.session.predictor.backbone)
+    start = widget.current_index()[0]
+    rows: dict[str, list] = {"cached": [], "uncached": [], "next": []}
+
+    hb.enter("boxes")
+    for k in range(args.boxes):  # cached: the slice in view was embedded by routing
+        rows["cached"].append(probe.box(widget, rect_for(gt[start], start, 2.0 + k)))
+        pause(0.3)
+    before = enc.calls
+    for z in uncached_slices(start, gt.shape[0], args.slices):
+        show(viewer, widget, z)  # jump, then draw at once: nothing embedded this slice yet
+        rows["uncached"].append(probe.box(widget, rect_for(gt[z], z, 3.0)))
+        spin(lambda: idle(widget))
+        pause(args.dwell)  # the user looks at the slice: prefetch may run
+        spin(lambda: idle(widget))
+        nz = z + 1
+        show(viewer, widget, nz)
+        calls = enc.calls
+        rows["next"].append(probe.box(widget, rect_for(gt[nz], nz, 3.0)))
+        rows["next"][-1]["encoder_calls"] = enc.calls - calls
+        spin(lambda: idle(widget))
+    uncached_calls = enc.calls - before
+
+    hb.enter("routing")
+    for z in range(gt.shape[0] - 1, -1, -3):  # scrolling through the volume
+        show(viewer, widget, z)
+        pause(0.05)
+    spin(lambda: idle(widget))
+    hb.enter("prepare volume")
+    widget.prepare_volume()
+    spin(lambda: idle(widget))
+    hb.enter("end")
+    out = summary(rows, hb, enc, uncached_calls)
+    out["session_s"] = round(time.perf_counter() - t0, 1)
+    viewer.close()
+    return out
+
+
+def uncached_slices(start: int, n: int, k: int) -> list[int]:
+    """``k`` slices at least 5 from ``start`` and from each other (outside any prefetch window),
+    each with a free neighbour above it."""
+    out: list[int] = []
+    for z in list(range(start + 6, n - 1, 6)) + list(range(start - 6, 0, -6)):
+        if len(out) < k and all(abs(z - o) >= 6 for o in out):
+            out.append(z)
+    return out
+
+
+def med(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return round(statistics.median(values), 1) if values else None
+
+
+def summary(rows: dict, hb: Heartbeat, enc: Encoder, uncached_calls: int) -> dict:
+    cached = rows["cached"]
+    phases = {k: round(v, 1) for k, v in hb.gaps.items() if k not in ("start", "end")}
+    steps = [f"{a}->{b}" for a, b in STEPS]
+    return {
+        "gui_box_cached_ms": med(r["total"] for r in cached),
+        "gui_box_uncached_ms": med(r["total"] for r in rows["uncached"]),
+        "gui_box_next_slice_ms": med(r["total"] for r in rows["next"]),
+        "gui_max_block_ms": max(v for k, v in phases.items() if k != "open dock"),
+        "dock_open_block_ms": phases.get("open dock"),
+        "block_ms_by_phase": phases,
+        "longest_blocks": [
+            {"ms": round(g, 1), "phase": p, "at_s": round(t, 1)} for g, p, t in hb.longest[::-1]
+        ],
+        "box_breakdown_ms": {s: med(r.get(s) for r in cached) for s in steps},
+        "box_breakdown_uncached_ms": {s: med(r.get(s) for r in rows["uncached"]) for s in steps},
+        "next_slice_encoder_calls": [r["encoder_calls"] for r in rows["next"]],
+        "uncached_phase_encoder_calls": uncached_calls,
+        "boxes_cached": [round(r["total"], 1) for r in cached],
+        "boxes_uncached": [round(r["total"], 1) for r in rows["uncached"]],
+        "boxes_next_slice": [round(r["total"], 1) for r in rows["next"]],
+        "encoder_calls_total": enc.calls,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    ap.add_argument("--boxes", type=int, default=8, help="boxes on a cached slice")
+    ap.add_argument("--slices", type=int, default=3, help="uncached slices (and their next)")
+    ap.add_argument("--dwell", type=float, default=6.0, help="seconds looking at each slice")
+    ap.add_argument(
+        "--stacks", type=float, default=0, metavar="MS", help="print stacks of blocks > MS ms"
+    )
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["CASAM_HOME"] = str(Path(tmp) / "home")  # default settings, no disk cache
+        os.environ["CASAM_CACHE"] = str(Path(tmp) / "embeddings")
+        from _common import machine
+
+        from napari_casam._session import guard_triton
+
+        guard_triton()
+        load = os.getloadavg()
+        out = {"machine": machine(), **measure(args)}
+        out["load_avg_at_start"] = [round(x, 2) for x in load]
+        out["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        for k, v in out.items():
+            print(f"{k}: {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
