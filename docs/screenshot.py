@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+os.environ.setdefault("QT_API", "pyqt6")  # the napari extra's binding, where PyQt5 lingers too
+
 HERE = Path(__file__).resolve().parent
 TRAIN = list(range(0, 29, 2))  # "corrected" slices the task learns from
 SHOW = 23  # a slice it never saw

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+os.environ.setdefault("QT_API", "pyqt6")  # the napari extra's binding, where PyQt5 lingers too
+
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent / "tests" / "data"
 TINY = {"epochs": 1, "vae_steps": 200}
@@ -80,15 +82,19 @@ def main() -> int:
     gt = next(ly for ly in viewer.layers if "ground truth" in ly.name)
     corrected = np.zeros_like(gt.data)
     corrected[::2] = gt.data[::2]
-    viewer.add_labels(corrected, name="CT abdomen corrected masks", visible=False)
+    viewer.add_labels(corrected, name="CT corrected", visible=False)
     viewer.layers.selection.active = image
     wait(app, lambda: not dock.busy, 120, "the dock")
     dock.learn.refresh_labels()
-    dock.learn.labels.setCurrentText("CT abdomen corrected masks")
+    dock.learn.labels.setCurrentText("CT corrected")
     dock.learn.epochs.setValue(24)
     dock.learn.settings_overrides = {"vae_steps": 200}
     assert dock.learn.learn(name="CT spleen (more slices)"), dock.learn.last_error
     wait(app, lambda: "epoch 2 of" in dock.learn.progress_text.text(), 1800, "epoch 2")
+    from qtpy.QtWidgets import QScrollArea
+
+    for area in dock.findChildren(QScrollArea):  # as a user scrolls down to the task table
+        area.verticalScrollBar().setValue(area.verticalScrollBar().maximum())
     for _ in range(20):
         app.processEvents()
         time.sleep(0.05)

@@ -283,8 +283,14 @@ def files_read(n_pairs: int, skipped: int) -> str:
 
 
 def describe_estimate(p: Any) -> str:
-    """The message shown when learning starts: how long it will take here."""
-    return f"Estimated time: {getattr(p, 'message', '')}."
+    """The message shown when learning starts: how long it will take here (the parts, as
+    ``casam learn`` prints them, would not fit the narrow dock)."""
+    from casam.progress import duration
+
+    total = _float(getattr(getattr(p, "estimate", None), "total", None))
+    if total is None:
+        return f"Estimated time: {getattr(p, 'message', '')}."
+    return f"Estimated time: about {duration(total)} on this machine."
 
 
 def describe_result(info: Any, seconds: float) -> str:

@@ -8,11 +8,13 @@ from superqt import QCollapsible
 
 
 def combo(tip: str) -> QComboBox:
-    """A combo box that shrinks to 8 characters (the dock is narrow) with a tooltip."""
+    """A combo box that shrinks to 8 characters (the dock is narrow) with a tooltip that starts
+    with the whole current text (a long layer name is elided in the box itself)."""
     box = QComboBox()
     box.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
     box.setMinimumContentsLength(8)
     box.setToolTip(tip)
+    box.currentTextChanged.connect(lambda text: box.setToolTip(f"{text}\n\n{tip}" if text else tip))
     return box
 
 

@@ -7,8 +7,9 @@ import sys
 
 import numpy as np
 import pytest
-from fake_engine import FakeLayers, FakeRoute, FakeSession
+from fake_engine import FakeLayers, FakeProgress, FakeRoute, FakeSession
 
+from napari_casam import _texts
 from napari_casam._model import DockModel, LearnModel
 from napari_casam._model.boxes import group_new_boxes, interpolation_pair
 
@@ -283,3 +284,12 @@ def test_busy_states_have_words(dock):
     dock.auto_route = False
     dock.show_route()
     assert "turn on “Route the slice in view”" in dock.shown[-1][0].detail
+
+
+def test_the_docks_estimate_is_one_short_line_with_the_total():
+    from casam.estimate import LearnEstimate
+
+    est = LearnEstimate(embed_s=6.1, n_embed=15, step_s=6.5, n_steps=48, router_s=6, evaluate_s=4)
+    progress = FakeProgress("plan", 1, 1, message=str(est))
+    progress.estimate = est
+    assert _texts.describe_estimate(progress) == "Estimated time: about 6.9 min on this machine."
