@@ -33,6 +33,8 @@ import time
 import traceback
 from pathlib import Path
 
+os.environ.setdefault("QT_API", "pyqt6")  # the napari extra's binding, where PyQt5 lingers too
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
