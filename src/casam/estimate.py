@@ -41,12 +41,8 @@ class LearnEstimate:
 
     @property
     def total(self) -> float:
-        return (
-            self.embed_s * self.n_embed
-            + self.step_s * self.n_steps
-            + self.router_s
-            + (self.evaluate_s)
-        )
+        pieces = (self.step_s * self.n_steps, self.router_s, self.evaluate_s)
+        return self.embed_s * self.n_embed + sum(pieces)
 
     def __str__(self) -> str:
         return (
