@@ -36,6 +36,15 @@ def wait(app, cond, timeout: float, what: str) -> None:
             raise TimeoutError(f"timed out waiting for {what}")
 
 
+def throwaway_home(prefix: str) -> Path:
+    """A temporary folder holding this run's ``CASAM_HOME`` and napari settings, so the user's
+    own library and settings are untouched."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    os.environ["CASAM_HOME"] = str(tmp / "casam")
+    os.environ["NAPARI_CONFIG"] = str(tmp / "napari-settings.yaml")
+    return tmp
+
+
 def open_with_dock():
     """A 1400 x 940 napari window with the CA-SAM dock and no notification toasts."""
     import napari
@@ -74,9 +83,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=HERE / "screenshot.png")
     ap.add_argument("--epochs", type=int, default=None, help="default: the dock's (LearnSettings)")
     args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="casam-screenshot-"))
-    os.environ["CASAM_HOME"] = str(tmp / "casam")
-    os.environ["NAPARI_CONFIG"] = str(tmp / "napari-settings.yaml")  # leave the user's alone
+    throwaway_home("casam-screenshot-")
 
     viewer, dock, app = open_with_dock()
     viewer.open_sample("napari-casam", "ct_spleen")

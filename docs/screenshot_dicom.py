@@ -13,16 +13,14 @@ the scan's affine and the mask sits on the spleen. Runs in a throw-away ``CASAM_
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests" / "core"))
-from screenshot import open_with_dock, save_window, wait  # noqa: E402  (docs/screenshot.py)
+from screenshot import open_with_dock, save_window, throwaway_home, wait  # noqa: E402  (docs/screenshot.py)
 
 SHOW = 14  # the axial slice the box is drawn on
 
@@ -55,9 +53,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=HERE / "screenshot-dicom.png")
     args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="casam-dicom-"))
-    os.environ["CASAM_HOME"] = str(tmp / "casam")
-    os.environ["NAPARI_CONFIG"] = str(tmp / "napari-settings.yaml")
+    tmp = throwaway_home("casam-dicom-")
     from volume_helpers import write_ct_series
 
     _, truth, _ = write_ct_series(tmp / "CT series", n=29)

@@ -11,27 +11,15 @@ from its ground truth, and the window is captured during the Alignment Layer's e
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-
-os.environ.setdefault("QT_API", "pyqt6")  # the napari extra's binding, where PyQt5 lingers too
+from screenshot import throwaway_home, wait  # docs/screenshot.py (it also sets QT_API)
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent / "tests" / "data"
 TINY = {"epochs": 1, "vae_steps": 200}
-
-
-def wait(app, cond, timeout: float, what: str) -> None:
-    t0 = time.time()
-    while not cond():
-        app.processEvents()
-        time.sleep(0.05)
-        if time.time() - t0 > timeout:
-            raise TimeoutError(f"timed out waiting for {what}")
 
 
 def learn_two_tasks(library: Path) -> None:
@@ -59,9 +47,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=HERE / "screenshot-learning.png")
     args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="casam-screenshot-"))
-    os.environ["CASAM_HOME"] = str(tmp / "casam")
-    os.environ["NAPARI_CONFIG"] = str(tmp / "napari-settings.yaml")
+    throwaway_home("casam-screenshot-")
     from casam.config import default_library_dir
 
     learn_two_tasks(default_library_dir())
