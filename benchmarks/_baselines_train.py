@@ -130,7 +130,8 @@ def sequential_stages(kind, weight, su, order, samples_of, tag: str, first: Path
             layer = layer.eval().requires_grad_(False)
             _save_module(layer, path)
         if kind == "ewc" and j < len(order) - 1:
-            fisher = _fisher_after(su, layer, fisher, samples_of(n), su.work / f"{tag}-{j}-fisher")
+            stem = f"{first.stem}-fisher" if j == 0 else f"{tag}-{j}-fisher"  # 0: shared
+            fisher = _fisher_after(su, layer, fisher, samples_of(n), su.work / stem)
         yield layer
 
 

@@ -2,7 +2,7 @@
 
 Each task's training slices are split: every 4th is a validation slice, the rest train. For each
 weight of the grid, one layer is trained through the first order's first ``tune_tasks`` tasks
-(3 by default: the CPU budget) on those slices
+(2 by default: the CPU budget) on those slices
 (``sequential_stages``), and after each task it is scored on the validation slices of the tasks
 seen so far; the weight with the highest Avg-IoU (quality.py's ``cl_metrics``: the mean over the
 stages of the size-weighted mean validation IoU) is kept, ties going to the smaller weight. The

@@ -53,9 +53,9 @@ def parse(argv):
     ap.add_argument("--max-train", type=int, default=16)
     ap.add_argument("--quick", action="store_true", help=f"smoke run on {', '.join(QUICK_TASKS)}")
     ap.add_argument("--ood-masked", type=int, default=6, help="test slices per unseen CT view")
-    ap.add_argument("--ewc-grid", default="0.01,0.1,1")
-    ap.add_argument("--lwf-grid", default="0.1,1,10")
-    ap.add_argument("--tune-tasks", type=int, default=3, help="tasks of the weight tuning")
+    ap.add_argument("--ewc-grid", default="0.1,1")
+    ap.add_argument("--lwf-grid", default="1,10")
+    ap.add_argument("--tune-tasks", type=int, default=2, help="tasks of the weight tuning")
     ap.add_argument("--epochs", type=int, default=None, help="override (smoke runs only)")
     ap.add_argument(
         "--parts",
