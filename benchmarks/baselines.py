@@ -55,6 +55,7 @@ def parse(argv):
     ap.add_argument("--ood-masked", type=int, default=6, help="test slices per unseen CT view")
     ap.add_argument("--ewc-grid", default="0.1,1")
     ap.add_argument("--lwf-grid", default="1,10")
+    ap.add_argument("--tune-order", default="forward", help="the order EWC/LwF are tuned on")
     ap.add_argument("--tune-tasks", type=int, default=2, help="tasks of the weight tuning")
     ap.add_argument("--epochs", type=int, default=None, help="override (smoke runs only)")
     ap.add_argument(
@@ -79,6 +80,12 @@ def parse(argv):
     return args
 
 
+def part_name(args) -> str:
+    """What one process writes its seconds and scores under (parallel parts never share one)."""
+    name = (args.parts or "all").replace(",", "+")
+    return name if args.orders == "forward,reverse" else f"{name}-{args.orders.replace(',', '+')}"
+
+
 class Setup:
     """Tasks, splits, the predictor with CA-SAM's library, samples and the work folder."""
 
@@ -98,7 +105,7 @@ class Setup:
         self.work.mkdir(parents=True, exist_ok=True)
         self.p = Predictor(library=TaskLibrary(self.work / "lib-all"), disk_cache=EMB_CACHE)
         self.bb = self.p.backbone
-        self.secs = Seconds(self.work, (args.parts or "all").replace(",", "+"))
+        self.secs = Seconds(self.work, part_name(args))
         self.samples = {n: Samples.from_pairs(self.p, self.train[n]) for n in self.names}
         self.ood = load_ood()
         self.ood_masked = unseen_views(args.ood_masked)
@@ -143,7 +150,8 @@ def sequential_part(su: Setup, kind: str, args, orders, ev_part: str | None, mod
     """Tune the weight (forward order's first tasks, validation slices), then train both
     orders; with ``ev_part`` also score every stage on the test images of the tasks so far."""
     vals = [float(x) for x in getattr(args, f"{kind}_grid").split(",") if x.strip()]
-    weight = tune_weight(kind, vals, su, orders[0][1][: args.tune_tasks])
+    tune_order = orders_of(args.tune_order, su.names)[0][1]
+    weight = tune_weight(kind, vals, su, tune_order[: args.tune_tasks])
     log(f"{kind}: weight {weight['chosen']:g} (validation {weight['val']})")
     ev = Evaluator(su, models, ev_part) if ev_part else None
     for oname, order in orders:
@@ -202,7 +210,7 @@ def main(argv=None) -> int:
         bad = [x for x in parts if x not in PARTS]
         if bad:
             raise SystemExit(f"unknown parts {bad}; choose from {', '.join(PARTS)}")
-        train_all(su, args, orders, parts, ev_part="+".join(parts))
+        train_all(su, args, orders, parts, ev_part=part_name(args))
         return 0
     models, weights = train_all(su, args, orders, PARTS)
     run = {"machine": machine(), "backbone": su.bb.identity, "settings": su.s.to_dict()}
