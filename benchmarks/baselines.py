@@ -55,6 +55,7 @@ def parse(argv):
     ap.add_argument("--ood-masked", type=int, default=6, help="test slices per unseen CT view")
     ap.add_argument("--ewc-grid", default="0.1,1")
     ap.add_argument("--lwf-grid", default="1,10")
+    ap.add_argument("--learn-reverse", action="store_true", help="part casam: last task first")
     ap.add_argument("--tune-order", default="forward", help="the order EWC/LwF are tuned on")
     ap.add_argument("--tune-tasks", type=int, default=2, help="tasks of the weight tuning")
     ap.add_argument("--epochs", type=int, default=None, help="override (smoke runs only)")
@@ -82,7 +83,7 @@ def parse(argv):
 
 def part_name(args) -> str:
     """What one process writes its seconds and scores under (parallel parts never share one)."""
-    name = (args.parts or "all").replace(",", "+")
+    name = (args.parts or "all").replace(",", "+") + ("-rev" if args.learn_reverse else "")
     return name if args.orders == "forward,reverse" else f"{name}-{args.orders.replace(',', '+')}"
 
 
@@ -110,10 +111,15 @@ class Setup:
         self.ood = load_ood()
         self.ood_masked = unseen_views(args.ood_masked)
 
-    def learn_casam(self) -> None:
-        for n, sec in learn_missing(self.p, self.names, self.train, self.s).items():
+    def learn_casam(self, reverse: bool = False) -> list[str]:
+        """Learn the tasks the library lacks (``reverse``: last task first, so two processes
+        can share the work); returns those learned here."""
+        names = self.names[::-1] if reverse else self.names
+        learned = learn_missing(self.p, names, self.train, self.s)
+        for n, sec in learned.items():
             self.secs.put(f"casam:{n}", sec)
         self.p.reload_library()
+        return list(learned)
 
 
 def unseen_views(n: int) -> dict[str, list]:
@@ -176,11 +182,11 @@ def train_all(su: Setup, args, orders, parts, ev_part=None) -> tuple[dict, dict]
     """The models of ``parts`` (trained or loaded): {key: module}, and EWC/LwF's weights."""
     models, weights = {}, {}
     if "casam" in parts:
-        su.learn_casam()
+        learned = su.learn_casam(args.learn_reverse)
         models.update({f"casam:{n}": su.p.layer(n) for n in su.names})
         if ev_part:
             ev = Evaluator(su, models, ev_part)
-            for n in su.names:
+            for n in learned:
                 for i, pr in enumerate(su.test[n]):
                     for key in (None, f"casam:{n}"):
                         ev.score(("test", n, i), pr, key)
