@@ -87,8 +87,14 @@ def _key(ev, method, oname, j, pid, image, known):
     return ev.routed_key(method, pid, image, known)
 
 
+def methods_of(models: dict) -> list[str]:
+    """The methods whose models were trained (EWC/LwF may be skipped)."""
+    return [m for m in METHODS if m not in SEQUENTIAL or f"{SEQUENTIAL[m]}:" in "".join(models)]
+
+
 def order_table(su, ev: Evaluator, oname: str, order: list[str]) -> dict:
     N = len(order)
+    METHODS = methods_of(ev.models)  # noqa: N806
     R = {m: ({}, {}) for m in METHODS}
     for j in range(N):
         known = order[: j + 1]

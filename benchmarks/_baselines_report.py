@@ -29,9 +29,14 @@ def _pct(v) -> str:
     return "–" if v is None else f"{v * 100:.1f}%"
 
 
+def _weight(w: dict, kind: str) -> str:
+    if kind not in w:
+        return "**not run in this run** (see the note above)"
+    return f"weight {w[kind]['chosen']:g} chosen from {', '.join(w[kind]['val'])}"
+
+
 def _header(run: dict) -> list[str]:
     m, w, par = run["machine"], run["weights"], run["parameters"]
-    ewc, lwf = w["ewc"], w["lwf"]
     return [
         "## Baselines (`benchmarks/baselines.py`, issue 15)\n",
         "Written by `python benchmarks/baselines.py` (protocol in its docstring); the same tasks, "
@@ -50,13 +55,12 @@ def _header(run: dict) -> list[str]:
         f"Alignment Layer's {par['Alignment Layer (CA-SAM, EWC, LwF)']:,} and the whole "
         f"decoder's {par['decoder tuning']:,} (whole backbone {par['whole backbone']:,}). "
         "Routed by CA-SAM's own VAEs and thresholds.",
-        f"- EWC: online, diagonal empirical Fisher of each task's training slices (normalised to "
-        f"mean 1) computed at the end of the task, summed over tasks, anchor = the latest layer; "
-        f"weight {ewc['chosen']:g} chosen from {', '.join(ewc['val'])}. LwF: the squared "
-        f"difference of the new and previous layer's outputs on the current task's embeddings, in "
-        f"units of the embedding RMS; weight {lwf['chosen']:g} chosen from "
-        f"{', '.join(lwf['val'])}. Both chosen by Avg-IoU on a validation split of the training "
-        "slices (every 4th), forward order, never the test split (values below).",
+        "- EWC: online, diagonal empirical Fisher of each task's training slices (normalised to "
+        "mean 1) computed at the end of the task, summed over tasks, anchor = the latest layer; "
+        f"{_weight(w, 'ewc')}. LwF: the squared difference of the new and previous layer's "
+        "outputs on the current task's embeddings, in units of the embedding RMS; "
+        f"{_weight(w, 'lwf')}. Weights chosen by Avg-IoU on a validation split of the training "
+        "slices (every 4th), first tasks of the forward order, never the test split.",
         "- Hard routing (MoDA-like): the task whose VAE scores lowest, no threshold, no "
         "fallback.\n",
     ]
@@ -122,7 +126,7 @@ def _single_and_ood(run: dict) -> list[str]:
 
 def _costs(run: dict) -> list[str]:
     L = ["\n### Tuning, parameters, time\n"]
-    for kind in ("ewc", "lwf"):
+    for kind in run["weights"]:
         w = run["weights"][kind]
         vals = "; ".join(
             f"{k}: Avg {v['Avg-IoU']:.2f}, Last {v['Last-IoU']:.2f}, FF {v['FF-IoU']:.2f}"
@@ -133,12 +137,14 @@ def _costs(run: dict) -> list[str]:
     groups = {}
     for k, v in secs.items():
         if not k.startswith("tune"):
-            groups.setdefault(k.split(":")[0], []).append(v)
+            groups.setdefault(k.split(":")[0].split("-")[0], []).append(v)
     L.append(
         "- Training seconds (under the load above; sum over tasks, both orders for EWC/LwF): "
         + ", ".join(f"{g} {sum(v):.0f} s ({len(v)} trainings)" for g, v in groups.items())
         + "."
     )
+    if not run["decode_ms"]:
+        return L
     L.append(
         "- Decode ms per box (one box, module + prompt encoder + decoder; EWC/LwF = CA-SAM): "
         + ", ".join(f"{k} {v:.1f}" for k, v in run["decode_ms"].items())
@@ -149,4 +155,6 @@ def _costs(run: dict) -> list[str]:
 
 
 def render(run: dict) -> str:
-    return "\n".join(_header(run) + _order_tables(run) + _single_and_ood(run) + _costs(run)) + "\n"
+    notes = [f"> {n}\n" for n in run.get("notes", [])]
+    parts = _header(run) + notes + _order_tables(run) + _single_and_ood(run) + _costs(run)
+    return "\n".join(parts) + "\n"

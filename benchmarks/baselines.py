@@ -55,6 +55,13 @@ def parse(argv):
     ap.add_argument("--ood-masked", type=int, default=6, help="test slices per unseen CT view")
     ap.add_argument("--ewc-grid", default="0.1,1")
     ap.add_argument("--lwf-grid", default="1,10")
+    ap.add_argument(
+        "--eval-tasks",
+        default=None,
+        help="evaluate only these of --tasks (whose models are trained), same work folder",
+    )
+    ap.add_argument("--note", action="append", default=[], help="a note for the markdown")
+    ap.add_argument("--skip", default="", help="parts not trained nor reported (e.g. ewc,lwf)")
     ap.add_argument("--learn-reverse", action="store_true", help="part casam: last task first")
     ap.add_argument("--tune-order", default="forward", help="the order EWC/LwF are tuned on")
     ap.add_argument("--tune-tasks", type=int, default=2, help="tasks of the weight tuning")
@@ -100,8 +107,15 @@ class Setup:
             raise SystemExit(f"unknown tasks {unknown}; known: {', '.join(tasks)}")
         self.train = {n: evenly(tasks[n].train, args.max_train) for n in self.names}
         self.test = {n: list(tasks[n].test) for n in self.names}
+        if args.eval_tasks:  # the work folder stays that of --tasks
+            sig_names = self.names
+            self.names = [t.strip() for t in args.eval_tasks.split(",") if t.strip()]
+            if not set(self.names) <= set(sig_names):
+                raise SystemExit(f"--eval-tasks must be among --tasks: {', '.join(sig_names)}")
+        else:
+            sig_names = self.names
         self.s = settings_for("default", [f"epochs={args.epochs}"] if args.epochs else [])
-        sig = signature([self.s.to_dict(), args.max_train, self.names, engine_fingerprint()])
+        sig = signature([self.s.to_dict(), args.max_train, sig_names, engine_fingerprint()])
         self.work = Path(args.work).expanduser() / f"default-{sig}"
         self.work.mkdir(parents=True, exist_ok=True)
         self.p = Predictor(library=TaskLibrary(self.work / "lib-all"), disk_cache=EMB_CACHE)
@@ -203,7 +217,10 @@ def train_all(su: Setup, args, orders, parts, ev_part=None) -> tuple[dict, dict]
 def main(argv=None) -> int:
     args = parse(argv)
     if args.render:
-        write_section(Path(args.md), json.loads(Path(args.render).read_text()))
+        run = json.loads(Path(args.render).read_text())
+        run["notes"] = run.get("notes", []) + args.note
+        Path(args.render).write_text(json.dumps(run, indent=1, default=str))
+        write_section(Path(args.md), run)
         return 0
     t_start = time.perf_counter()
     if args.threads:
@@ -218,9 +235,10 @@ def main(argv=None) -> int:
             raise SystemExit(f"unknown parts {bad}; choose from {', '.join(PARTS)}")
         train_all(su, args, orders, parts, ev_part=part_name(args))
         return 0
-    models, weights = train_all(su, args, orders, PARTS)
+    skip = {x.strip() for x in args.skip.split(",") if x.strip()}
+    models, weights = train_all(su, args, orders, [x for x in PARTS if x not in skip])
     run = {"machine": machine(), "backbone": su.bb.identity, "settings": su.s.to_dict()}
-    run["decode_ms"] = decode_ms(su, models, args.repeats)
+    run["decode_ms"] = decode_ms(su, models, args.repeats) if args.repeats else {}
     log(f"decode ms per box: {run['decode_ms']}")
     if args.timing_only:
         Path(args.json).with_suffix(".timing.json").write_text(json.dumps(run, indent=1))
@@ -232,6 +250,7 @@ def main(argv=None) -> int:
     run["seconds_total"] = round(time.perf_counter() - t_start, 1)
     run["machine"]["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
     run["quick"] = args.quick
+    run["notes"] = args.note
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(run, indent=1, default=str))
     if not args.quick:
