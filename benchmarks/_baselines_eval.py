@@ -34,7 +34,7 @@ class Evaluator:
     def __init__(self, su, models: dict, part: str = "all"):
         self.su, self.models = su, models
         self.vae: dict = {}
-        self.thr = {n: su.p.task_infos[n].threshold for n in su.names}
+        self._thr: dict | None = None
         self.path = su.work / f"scores-{part}.json"
         self.memo: dict = {}
         for f in sorted(su.work.glob("scores-*.json")):  # every part's scores so far
@@ -56,6 +56,15 @@ class Evaluator:
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.memo))
         tmp.replace(self.path)
+
+    @property
+    def thr(self) -> dict[str, float]:
+        """CA-SAM's routing thresholds (read when first needed: a part may start before the
+        tasks are learned)."""
+        if self._thr is None:
+            self.su.p.reload_library()
+            self._thr = {n: self.su.p.task_infos[n].threshold for n in self.su.names}
+        return self._thr
 
     def route(self, pid, image, known: list[str], hard: bool) -> str | None:
         """The task among ``known`` an image goes to (None: SAM fallback)."""
