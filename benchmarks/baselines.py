@@ -246,6 +246,9 @@ def main(argv=None) -> int:
         return 0
     ev = Evaluator(su, models)
     run.update(method_tables(su, ev, orders, models, weights))
+    for n in su.names:  # a learn_task interrupted before learn_missing returned: its own record
+        secs = su.p.task_infos[n].settings.get("train_seconds")
+        su.secs.data.setdefault(f"casam:{n}", secs)
     run["train_seconds"] = su.secs.data
     run["seconds_total"] = round(time.perf_counter() - t_start, 1)
     run["machine"]["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
