@@ -236,6 +236,8 @@ def main(argv=None) -> int:
         train_all(su, args, orders, parts, ev_part=part_name(args))
         return 0
     skip = {x.strip() for x in args.skip.split(",") if x.strip()}
+    if args.timing_only:  # EWC/LwF decode like CA-SAM (one Alignment Layer): not needed
+        skip |= {"ewc", "lwf"}
     models, weights = train_all(su, args, orders, [x for x in PARTS if x not in skip])
     run = {"machine": machine(), "backbone": su.bb.identity, "settings": su.s.to_dict()}
     run["decode_ms"] = decode_ms(su, models, args.repeats) if args.repeats else {}
