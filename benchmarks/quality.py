@@ -478,12 +478,15 @@ def main(argv=None) -> int:
 
 
 def write_md(md: Path, text: str) -> None:
-    """Write the report, keeping the section that ``routing.py`` maintains in the same file."""
-    from routing import BEGIN, END
+    """Write the report, keeping the sections that ``routing.py`` and ``baselines.py`` maintain
+    in the same file (in that order)."""
+    import _baselines_report
+    import routing
 
     old = md.read_text() if md.is_file() else ""
-    if BEGIN in old and END in old:
-        text += "\n" + old[old.index(BEGIN) : old.index(END) + len(END)] + "\n"
+    for mod in (routing, _baselines_report):
+        if mod.BEGIN in old and mod.END in old:
+            text += "\n" + old[old.index(mod.BEGIN) : old.index(mod.END) + len(mod.END)] + "\n"
     md.write_text(text)
 
 

@@ -1,0 +1,164 @@
+"""The baselines benchmark's models (benchmarks/_baselines_models.py) on small synthetic tensors:
+the decoder adapters leave SAM's decoder unchanged at init and train alone, the tuned decoder is
+a swapped-in copy, EWC's and LwF's gradient hooks equal their loss terms' gradients."""
+
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+from _baselines_models import (  # noqa: E402
+    DecoderAdapters,
+    DecoderCopy,
+    anchor_of,
+    attached,
+    diag_fisher,
+    ewc_hooks,
+    ewc_penalty,
+    lwf_hooks,
+    lwf_loss,
+    trainable_parameters,
+)
+
+from casam.alignment import AlignmentLayer  # noqa: E402
+
+DIM = 32
+
+
+def tiny_decoder():
+    from casam._sam_modeling import modeling
+
+    m = modeling()
+    torch.manual_seed(0)
+    tr = m.TwoWayTransformer(depth=2, embedding_dim=DIM, mlp_dim=64, num_heads=2)
+    dec = m.MaskDecoder(transformer_dim=DIM, transformer=tr, iou_head_hidden_dim=DIM)
+    return dec.eval().requires_grad_(False)
+
+
+def run(dec, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(1, DIM, 8, 8, generator=g)
+    pe = torch.randn(1, DIM, 8, 8, generator=g)
+    sparse = torch.randn(1, 2, DIM, generator=g)
+    dense = torch.randn(1, DIM, 8, 8, generator=g)
+    return dec(
+        image_embeddings=z,
+        image_pe=pe,
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=False,
+    )
+
+
+def test_adapters_are_the_identity_at_init_and_act_only_while_attached():
+    dec = tiny_decoder()
+    bb = SimpleNamespace(mask_decoder=dec)
+    plug = DecoderAdapters(dec, bottleneck=4)
+    assert len(plug.adapters) == 2 * 4 + 1  # 4 sub-layers of 2 blocks, plus the final attention
+    masks0, iou0 = run(dec)
+    with attached(plug, bb):
+        masks1, iou1 = run(dec)
+    assert torch.equal(masks0, masks1) and torch.equal(iou0, iou1)
+    with torch.no_grad():
+        for a in plug.adapters.values():
+            a.up.weight.normal_(0, 0.5)
+    with attached(plug, bb):
+        masks2, _ = run(dec)
+    assert (masks2 - masks0).abs().max() > 1e-3  # the hooks really are in the decoder
+    masks3, _ = run(dec)
+    assert torch.equal(masks3, masks0)  # and gone after the block
+
+
+def test_only_the_adapters_train():
+    dec = tiny_decoder()
+    bb = SimpleNamespace(mask_decoder=dec)
+    plug = DecoderAdapters(dec, bottleneck=4).requires_grad_(True)
+    with attached(plug, bb):
+        masks, _ = run(dec)
+    masks.pow(2).mean().backward()
+    assert all(p.grad is None and not p.requires_grad for p in dec.parameters())
+    assert all(
+        a.up.weight.grad is not None and a.up.weight.grad.abs().sum() > 0
+        for a in plug.adapters.values()
+    )
+    assert trainable_parameters(plug) == 9 * (DIM * 4 + 4 + 4 * DIM + DIM)
+
+
+def test_decoder_copy_is_swapped_in_and_out():
+    dec = tiny_decoder()
+    bb = SimpleNamespace(mask_decoder=dec)
+    plug = DecoderCopy(dec).requires_grad_(True)
+    assert trainable_parameters(plug) == trainable_parameters(dec)
+    with attached(plug, bb):
+        assert bb.mask_decoder is plug.decoder
+        masks, _ = run(bb.mask_decoder)
+    assert bb.mask_decoder is dec
+    masks.pow(2).mean().backward()
+    assert all(p.grad is None for p in dec.parameters())
+    assert any(p.grad is not None for p in plug.decoder.parameters())
+
+
+def small_layer(seed=0):
+    torch.manual_seed(seed)
+    layer = AlignmentLayer(1, channels=4)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.normal_(0, 0.1)
+    return layer
+
+
+def test_ewc_penalty_zero_at_anchor_positive_away_and_hook_is_its_gradient():
+    layer = small_layer()
+    anchor = anchor_of(layer)
+    fisher = {n: torch.rand_like(p) + 0.1 for n, p in layer.named_parameters()}
+    assert float(ewc_penalty(layer, fisher, anchor)) == 0.0
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.05)
+    pen = ewc_penalty(layer, fisher, anchor)
+    assert float(pen) > 0
+    expected = torch.autograd.grad(3.0 * pen, list(layer.parameters()))
+    with ewc_hooks(layer, fisher, anchor, weight=3.0):
+        layer(torch.zeros(1, 4, 5, 5)).sum().mul(0).backward()  # task loss with zero gradient
+    for g, p in zip(expected, layer.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, g)
+
+
+def test_lwf_loss_zero_when_layers_agree_and_hook_is_its_gradient():
+    student, teacher = small_layer(0), small_layer(0)
+    x = torch.randn(2, 4, 5, 5)
+    assert float(lwf_loss(student(x), teacher(x), scale=0.1)) == 0.0
+    with lwf_hooks(student, teacher, weight=2.0, scale=0.1):
+        student(x).sum().mul(0).backward()
+    assert all(float(p.grad.abs().max()) == 0.0 for p in student.parameters())
+    student.zero_grad()
+    other = small_layer(1)
+    expected = torch.autograd.grad(
+        2.0 * lwf_loss(student(x), other(x).detach(), 0.1), list(student.parameters())
+    )
+    assert float(lwf_loss(student(x), other(x), 0.1)) > 0
+    with lwf_hooks(student, other, weight=2.0, scale=0.1):
+        student(x).sum().mul(0).backward()
+    for g, p in zip(expected, student.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, g)
+
+
+def test_diag_fisher_is_non_negative_with_mean_one():
+    layer = small_layer()
+
+    class Fake:  # decode = the first channel as mask logits
+        @staticmethod
+        def decode(z, boxes):
+            return z[:, :1], None
+
+    z = torch.randn(3, 4, 6, 6)
+    targets = (torch.rand(3, 6, 6) > 0.5).float()
+    f = diag_fisher(Fake(), layer, z, torch.zeros(3, 4), targets)
+    flat = torch.cat([v.flatten() for v in f.values()])
+    assert float(flat.min()) >= 0
+    assert float(flat.mean()) == pytest.approx(1.0, rel=1e-5)
+    assert not any(p.grad is not None for p in layer.parameters())
