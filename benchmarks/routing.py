@@ -101,7 +101,7 @@ def build_features(cache=None, budget_s: float = float("inf")) -> dict:
     p = Predictor(library=False, disk_cache=EMB_CACHE)
     path = FEAT_CACHE / f"pooled-{p.backbone.identity.replace(':', '_')}.npz"
     store = load_store(path)
-    tasks = rd.routing_tasks(cache, max_val=4)
+    tasks = rd.routing_tasks(cache, max_val=8)
     ood_test, ood_val = rd.ood_sets(cache)
     # most needed first: a budget cut leaves out new tasks, val and aug, never the OOD test set
     plan = [("ood", "test", [im for _, _, im in ood_test])]
