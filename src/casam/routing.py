@@ -107,9 +107,7 @@ class RouteDecision:
             return None
         if self.best is None:
             return "no task learned for this model yet"
-        return (
-            f"unlike every learned task: the closest, {self.best}, scores {share(self.ratio)}"
-        )
+        return f"unlike every learned task: the closest, {self.best}, scores {share(self.ratio)}"
 
     @property
     def detail(self) -> str:
