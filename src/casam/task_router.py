@@ -17,6 +17,7 @@ import torch
 
 from casam.config import LearnSettings
 from casam.neighbours import VIEWS, calibrate
+from casam.progress import Progress
 from casam.router import fit_router
 from casam.routing import calibrated_threshold
 from casam.task_tensors import stored_views
@@ -63,8 +64,6 @@ def router_stage(
 ) -> Generator[Any, None, FittedRouter]:
     """The router on the training images' pooled views (and an extended task's stored ones;
     an extended task of format 1 keeps the attention pool only)."""
-    from casam.training import Progress
-
     views = torch.stack([emb[i].views for i in order]).float()
     if previous is not None:
         old = stored_views(previous.router)

@@ -10,8 +10,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -24,32 +22,11 @@ from casam.library import LoadedTask, TaskInfo, TaskLibrary, new_task_info, vali
 from casam.metrics import boundary_iou, iou
 from casam.predictor import Predictor
 from casam.preprocess import mask_box
+from casam.progress import Progress
 from casam.sam import Backbone
 from casam.samples import Sample, collect_samples, split_holdout
 from casam.task_router import FittedRouter, router_stage
 from casam.task_tensors import layer_from_state, router_state
-
-
-@dataclass(frozen=True)
-class Progress:
-    """One step of learning. ``stage`` is plan, embed, align, vae, evaluate or save."""
-
-    stage: str
-    step: int
-    total: int
-    epoch: int | None = None
-    loss: float | None = None
-    message: str = ""
-    estimate: Any = None
-    """The ``casam.estimate.LearnEstimate`` of a "plan" event."""
-
-    def __str__(self) -> str:
-        s = f"{self.stage} {self.step}/{self.total}"
-        if self.epoch is not None:
-            s += f" epoch {self.epoch}"
-        if self.loss is not None:
-            s += f" loss {self.loss:.4f}"
-        return s + (f" {self.message}" if self.message else "")
 
 
 def dice_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
