@@ -65,8 +65,8 @@ def collect(p, images: list[np.ndarray], store: dict, what: str, deadline: float
         k = image_key(check_image(img), p.backbone.identity)
         if k not in store:
             if time.perf_counter() > deadline and not p.is_cached(img):
-                log(f"  {what}: embedding budget spent, {len(images) - i} images left out")
-                break
+                log(f"  {what}: embedding budget spent, image {i} left out")
+                continue
             store[k] = pooled(p.embed(img).z)
         keys.append(k)
         if i % 20 == 0:

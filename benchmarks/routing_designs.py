@@ -184,7 +184,7 @@ def evaluate(d: Design, data: dict, cache: dict, split: str) -> dict:
     }
 
 
-MARGINS = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0)
+MARGINS = (1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 3.0, 4.0)
 
 
 def families() -> list[Design]:
