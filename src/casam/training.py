@@ -331,12 +331,8 @@ def iter_learn_task(
     yield Progress("save", 0, 1)
     counts = (len(train_img), len(train_samples), len(hold_img))
     info = _task_info(name, backbone, s, layer, router, counts, previous, means, t0)
-    saved = lib.save(
-        info,
-        layer.state_dict(),
-        router_state(router.vae, router.views),
-        overwrite=overwrite or extend,
-    )
+    weights = layer.state_dict(), router_state(router.vae, router.views)
+    saved = lib.save(info, *weights, overwrite=overwrite or extend)
     if predictor.library is not None and predictor.library.root == lib.root:
         predictor.reload_library()
     return saved
