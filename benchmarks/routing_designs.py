@@ -233,7 +233,7 @@ def compare(data: dict) -> dict:
     out: dict = {"val": [], "test": [], "sweeps": {}}
     fixed = [
         Design("paper (VAE attn, 1 x p97)", "vae"),
-        Design("shipped today (VAE attn, 1.5 x p97)", "vae", margin=1.5),
+        Design("previous default (VAE attn, 1.5 x p97)", "vae", margin=1.5),
     ]
     for base in fixed + families():
         if base in fixed:
