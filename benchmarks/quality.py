@@ -124,9 +124,13 @@ ENGINE_MODULES = (
     "config",
     "embeddings",
     "metrics",
+    "neighbours",
     "predictor",
     "preprocess",
     "router",
+    "routing",
+    "task_router",
+    "task_tensors",
     "training",
 )
 
@@ -280,6 +284,9 @@ def main(argv=None) -> int:
     run["seconds"]["ca_sam_learn"] = round(time.perf_counter() - t0, 1)
     run["ca_sam_learn_seconds"] = learn_seconds
     run["thresholds"] = {n: p.task_infos[n].threshold for n in names}
+    run["router"] = p.router  # the shipped default (casam.routing.DEFAULT_ROUTER)
+    knn = p.neighbours
+    run["knn_thresholds"] = dict(zip(knn.names, knn.thresholds.tolist(), strict=True))
 
     memo: dict[tuple[str, int, str | None], tuple[float, float]] = {}
 
@@ -317,7 +324,14 @@ def main(argv=None) -> int:
     run["known_fallback_share"] = sum(v["fallback"] for v in run["routing"].values()) / tot
     ood_routes = [(kind, p.route_embedding(p.embed(img))) for kind, img in ood]
     run["ood"] = [
-        {"kind": kind, "task": r.task, "best": r.best, "score": r.score, "threshold": r.threshold}
+        {
+            "kind": kind,
+            "task": r.task,
+            "best": r.best,
+            "score": r.score,
+            "threshold": r.threshold,
+            "ratio": r.ratio,
+        }
         for kind, r in ood_routes
     ]
     run["ood_accuracy"] = float(np.mean([r.task is None for _, r in ood_routes]))
@@ -342,12 +356,13 @@ def main(argv=None) -> int:
         run.setdefault("threshold_reproduced", {})[n] = abs(
             thr - run["thresholds"][n]
         ) <= 1e-5 * abs(run["thresholds"][n])
-    known = [
-        (n, k, p.route_embedding(p.embed(img)).scores)
-        for n in names
-        for k, (img, _) in enumerate(test[n])
-    ]
-    ood_scores = [r.scores for _, r in ood_routes]
+
+    def vae_scores(img) -> dict[str, float]:  # the paper rule's scores, whatever routes
+        row = p.bank.scores(p.embed(img).feature[None])[0].tolist()
+        return dict(zip(p.bank.names, row, strict=True))
+
+    known = [(n, k, vae_scores(img)) for n in names for k, (img, _) in enumerate(test[n])]
+    ood_scores = [vae_scores(img) for _, img in ood]
     rules = [
         (f"{q:g}th percentile", {n: float(np.percentile(cv[n], q)) for n in names})
         for q in (90, 95, 97, 99, 100)
@@ -660,6 +675,17 @@ def render(run: dict) -> str:
             )
         L.append("")
     L.append("## Routing (all tasks learned)\n")
+    router = run.get("router", "paper")
+    L.append(
+        f"Router: **{router}** (the default; "
+        + (
+            "kNN: distance of the pooled views to the task's nearest stored training image, "
+            "threshold a margin x the largest leave-one-out distance; "
+            if router == "knn"
+            else "the paper's VAE rule; "
+        )
+        + "see Router designs below).  "
+    )
     L.append(
         f"Routing accuracy on known tasks: **{run['routing_accuracy'] * 100:.1f}%** of test images "
         f"routed to their own task ({run['known_fallback_share'] * 100:.1f}% fell back to SAM).  "
@@ -675,23 +701,26 @@ def render(run: dict) -> str:
         other = ", ".join(f"{k}: {v}" for k, v in r["other"].items()) or "–"
         L.append(
             f"| {n} | {r['n']} | {r['correct']} | {r['fallback']} | {other} | "
-            f"{run['thresholds'][n]:.3g} |"
+            f"{run.get('knn_thresholds', run['thresholds'])[n]:.3g} |"
+            if router == "knn"
+            else f"{run['thresholds'][n]:.3g} |"
         )
     L.append("\n| OOD image kind | routed to | best task (score / its threshold) |")
     L.append("|---|---|---|")
     for r in run["ood"]:
         L.append(
             f"| {r['kind']} | {r['task'] or 'SAM'} | {r['best']} ({r['score']:.3g} / "
-            f"{r['threshold']:.3g}) |"
+            f"{r['threshold']:.3g} = {r['score'] / r['threshold']:.2f}) |"
         )
     if run.get("strictness"):
         L.append("\n## Router strictness\n")
         L.append(
-            "A task accepts an image when its score is at most a threshold made from its "
+            'The paper\'s VAE rule (router "paper", not the default): a task accepts an image '
+            "when its VAE score is at most a threshold made from its "
             f"{s['folds']}-fold "
             f"held-out scores. The paper's rule is their {s['percentile']:g}th percentile; the "
-            "shipped rule "
-            f"(the tables above) is {s.get('threshold_margin', 1.0):g} x that percentile. Below, "
+            "VAE threshold stored "
+            f"is {s.get('threshold_margin', 1.0):g} x that percentile. Below, "
             "the same "
             "final VAEs re-thresholded by other rules, all tasks learned, on every known test "
             "image "

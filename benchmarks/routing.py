@@ -65,8 +65,8 @@ def collect(p, images: list[np.ndarray], store: dict, what: str, deadline: float
         k = image_key(check_image(img), p.backbone.identity)
         if k not in store:
             if time.perf_counter() > deadline and not p.is_cached(img):
-                log(f"  {what}: embedding budget spent, {len(images) - i} images left out")
-                break
+                log(f"  {what}: embedding budget spent, image {i} left out")
+                continue
             store[k] = pooled(p.embed(img).z)
         keys.append(k)
         if i % 20 == 0:
@@ -101,7 +101,7 @@ def build_features(cache=None, budget_s: float = float("inf")) -> dict:
     p = Predictor(library=False, disk_cache=EMB_CACHE)
     path = FEAT_CACHE / f"pooled-{p.backbone.identity.replace(':', '_')}.npz"
     store = load_store(path)
-    tasks = rd.routing_tasks(cache, max_val=4)
+    tasks = rd.routing_tasks(cache, max_val=8)
     ood_test, ood_val = rd.ood_sets(cache)
     # most needed first: a budget cut leaves out new tasks, val and aug, never the OOD test set
     plan = [("ood", "test", [im for _, _, im in ood_test])]

@@ -11,8 +11,11 @@ Keys (all medians unless said otherwise; times in ms unless the name ends in _s)
   routing among the library's tasks, the routed task's (cached) aligned embedding, pre- and
   post-processing. Sampled interleaved with decode_bare_ms so load drifts cancel.
 - decode_first_ms: the first box on a newly routed image (the Alignment Layer runs once).
-- route_ms_100 / route_ms_1000: route one cached embedding's feature among 100 / 1000 tasks
-  (a ``VAEBank`` of that many VAEs: one batched computation).
+- route_ms_100 / route_ms_1000: route one cached embedding among 100 / 1000 tasks with the
+  shipped (default) router: a ``casam.neighbours.NeighbourBank`` of that many tasks of
+  ``KNN_IMAGES`` stored images with all 3 pooled views (one product); route_ms_paper_100 /
+  route_ms_paper_1000: the paper's rule (a ``VAEBank`` of that many VAEs, one batched
+  computation). The image's views are computed once per embedding (``Embedding.views``).
 - learn_s_20: wall seconds of ``casam.training.learn_task`` with the default LearnSettings on
   20 real annotated slices, on a fresh Predictor (empty embedding cache): embeddings included.
 - learn_iou_gain_default / learn_iou_gain_paper: mean IoU over a fixed held-out set of real
@@ -55,6 +58,17 @@ class EncoderCounter:
             return self._orig(x)
 
         runtime.embed = embed
+
+
+KNN_IMAGES = 16
+
+
+def random_knn_bank(n: int, seed: int = 0):
+    from casam.neighbours import NeighbourBank
+
+    g = torch.Generator().manual_seed(seed)
+    views = [torch.randn(KNN_IMAGES, 3, 256, generator=g) for _ in range(n)]
+    return NeighbourBank([f"task {i}" for i in range(n)], views, [0.05] * n)
 
 
 def random_bank(n: int, seed: int = 0):
@@ -328,9 +342,12 @@ def main(argv=None) -> int:
     log("routing ...")
     f = attention_pool(e.z)
     for n in (100, 1000):
-        bank = random_bank(n)
-        out[f"route_ms_{n}"] = round(
+        bank, knn = random_bank(n), random_knn_bank(n)
+        out[f"route_ms_paper_{n}"] = round(
             median_ms(lambda b=bank: b.route(f), args.repeats, warmup=3), 2
+        )
+        out[f"route_ms_{n}"] = round(
+            median_ms(lambda b=knn: b.route(e.views), args.repeats, warmup=3), 2
         )
 
     p_route = median_ms(lambda: p.route_embedding(e), args.repeats, warmup=3)

@@ -63,8 +63,9 @@ TIPS: dict[str, str] = {
     "job_cancel": "Stop preparing the volume or interpolating.",
     "status": "Outcome and timing of the last segmentation.",
     "card": "Which learned task segments the slice in view. The router scores the image "
-    "embedding with each task's VAE (ELBO, lower = more familiar); a score above the task's "
-    "threshold means the image is unlike its training images, and plain SAM is used instead "
+    "embedding against each task's stored training images (distance to the nearest one, lower "
+    "= more familiar) and shows it as a share of the task's threshold, with the runner-up; "
+    "above 100% the image is unlike the task's training images, and plain SAM is used instead "
     "(SAM fallback).",
     "learn_box": "Teach CA-SAM a new kind of image from your corrected masks.",
     "library_box": "Tasks learned with the active backbone.",
@@ -97,8 +98,8 @@ TIPS: dict[str, str] = {
     "learn_progress": "Training stage, epoch, loss and steps.",
     "learn_result": "Outcome of the last training.",
     "table": "Tasks learned with the active backbone: training images, router threshold "
-    "(ELBO), IoU on held-out images of plain SAM → the task. A task's name tells when it was "
-    "created.",
+    "(the paper's VAE rule, ELBO), IoU on held-out images of plain SAM → the task. A task's "
+    "name tells when it was created.",
     "rename": "Give the selected task another name.",
     "delete": "Delete the selected task from the library (asks first).",
     "import": "Add a task exported elsewhere (a .casamtask file).",

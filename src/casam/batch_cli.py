@@ -74,6 +74,7 @@ def _predictor_kwargs(args: argparse.Namespace, command: str) -> dict[str, Any]:
         "backbone": args.backbone,
         "checkpoint": None if args.checkpoint is None else str(args.checkpoint.absolute()),
         "device": args.device,
+        "router": args.router,
         "library": str(TaskLibrary(args.library).root),
         "disk_cache": None if cache is None else str(cache.expanduser().absolute()),
     }

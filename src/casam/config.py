@@ -9,8 +9,12 @@ from typing import Any
 
 APP_NAME = "napari-casam"
 
-#: Library format version written by this release (see ``casam.library``).
+#: Library format version written by this release (see ``casam.library``): the folder layout.
 LIBRARY_FORMAT_VERSION = 1
+#: Task format version (``task.json`` and its weight files) written by this release. 2 adds the
+#: pooled views ``features_std``/``features_max`` and ``knn_threshold`` (casam.neighbours); a
+#: release that reads only 1 refuses such a task with one line, this one reads 1 and 2.
+TASK_FORMAT_VERSION = 2
 #: KL weight of the router's VAE (the paper's value); a task stores the one it was trained with.
 DEFAULT_BETA = 16.5
 
@@ -54,6 +58,9 @@ class LearnSettings:
     """The routing threshold is this many times the ``percentile`` of the ``folds``-fold held-out
     scores (paper: 1.0). A few dozen slices of one or two patients under-state how far a new
     patient's slices score; 1.5 is the strictness sweep's knee (docs/benchmark-quality.md)."""
+    knn_margin: float = 2.0
+    """The default router's threshold is this many times the largest leave-one-out distance of
+    the task's stored images to their nearest other (benchmarks/routing.py tunes it)."""
     holdout: float = 0.2
     """Share of annotated images held out to measure IoU (0 disables; at most ``max_holdout``)."""
     max_holdout: int = 10
@@ -79,6 +86,7 @@ class LearnSettings:
             ("folds", self.folds >= 2, "at least 2"),
             ("percentile", 0 < self.percentile <= 100, "in (0, 100]"),
             ("threshold-margin", 0 < self.threshold_margin <= 10, "in (0, 10]"),
+            ("knn-margin", 0 < self.knn_margin <= 10, "in (0, 10]"),
             ("holdout", 0 <= self.holdout < 1, "in [0, 1)"),
             ("max-holdout", self.max_holdout >= 0, "at least 0"),
             ("min-images", self.min_images >= self.folds, f"at least folds ({self.folds})"),

@@ -6,6 +6,7 @@ sessions (float16 ``.npy`` files, read with ``allow_pickle=False``), e.g. for a 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import threading
@@ -31,6 +32,13 @@ class Embedding:
     z: torch.Tensor
     geometry: Geometry
     feature: torch.Tensor
+
+    @functools.cached_property
+    def views(self) -> torch.Tensor:
+        """(3, 256) pooled views scored by the default router (``casam.neighbours``)."""
+        from casam.neighbours import pooled_views
+
+        return pooled_views(self.z, self.feature)
 
     @property
     def nbytes(self) -> int:

@@ -116,7 +116,7 @@ def _layer_seconds(backbone, s: LearnSettings, batch: int, gen: torch.Generator)
 
 def _router_seconds(n: int, s: LearnSettings, gen: torch.Generator) -> float:
     """The router fit (K + 1 batched VAEs) on ``n`` features: a few steps timed, then scaled."""
-    from casam.training import fit_task_router
+    from casam.task_router import fit_task_router
 
     steps = min(PROBE_VAE_STEPS, s.vae_steps)
     feats = torch.randn((n, 256), generator=gen)

@@ -18,14 +18,16 @@ import numpy as np
 import torch
 
 from casam.alignment import AlignmentLayer
+from casam.config import LearnSettings
 from casam.embeddings import Embedding, EmbeddingCache, image_key
 from casam.errors import InputError
 from casam.library import TaskInfo, TaskLibrary
+from casam.neighbours import NeighbourBank
 from casam.preprocess import check_boxes, check_image
 from casam.router import VAEBank, attention_pool
-from casam.routing import RouteDecision, check_known, choose
+from casam.routing import DEFAULT_ROUTER, ROUTERS, RouteDecision, check_known, choose
 from casam.sam import Backbone, get_backbone
-from casam.task_tensors import beta_of, layer_from_state, vae_from_state
+from casam.task_tensors import beta_of, layer_from_state, stored_views, vae_from_state
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,8 @@ class Predictor:
 
     ``library``: a TaskLibrary, a folder, None for the per-user default library, or False for
     none (plain SAM only). Only tasks made with this backbone (same weights digest) route.
+    ``router``: ``"knn"`` (default: nearest stored views, ``casam.neighbours``) or ``"paper"``
+    (the paper's VAE rule, ``casam.router.VAEBank``); see ``casam.routing``.
     """
 
     def __init__(
@@ -59,7 +63,13 @@ class Predictor:
         cache_bytes: int = 1 << 30,
         disk_cache: str | Path | None = None,
         temperature: float = 1.0,
+        router: str = DEFAULT_ROUTER,
     ):
+        if router not in ROUTERS:
+            raise InputError(
+                f"unknown router {router!r}; choose one of {', '.join(ROUTERS)}", subject="router"
+            )
+        self.router = router
         self.backbone = (
             backbone
             if isinstance(backbone, Backbone)
@@ -82,12 +92,16 @@ class Predictor:
         self.task_infos: dict[str, TaskInfo] = {}
         self.problems: list[str] = []
         self.bank = VAEBank([], [], [], [])
+        self.neighbours = NeighbourBank([], [], [])
         self.reload_library()
 
     # ---- tasks -----------------------------------------------------------------------------
     def reload_library(self) -> None:
         """Re-read the library (after a task was learned, removed, renamed or imported)."""
+        from casam.task_router import knn_threshold
+
         names, vaes, taus, betas, infos, problems = [], [], [], [], {}, []
+        views, knn = [], []
         if self.library is not None:
             for item in self.library.scan(self.backbone.identity):  # each task read once
                 if isinstance(item, str):
@@ -104,8 +118,12 @@ class Predictor:
                 taus.append(info.threshold)
                 betas.append(beta_of(info.settings))
                 infos[info.name] = info
+                views.append(stored_views(item.router))
+                s = LearnSettings.from_dict(info.settings)  # format 1: no knn_threshold yet
+                knn.append(info.knn_threshold or knn_threshold(views[-1], s))
         with self._lock:
             self.bank = VAEBank(names, vaes, taus, betas)
+            self.neighbours = NeighbourBank(names, views, knn)
             self.task_infos = infos
             self.problems = problems
             self._layers.clear()
@@ -128,7 +146,8 @@ class Predictor:
             return self._layers[name]
 
     def _thresholds(self) -> dict[str, float]:
-        return {n: i.threshold for n, i in self.task_infos.items()}
+        bank = self.neighbours if self.router == "knn" else self.bank
+        return dict(zip(bank.names, bank.thresholds.tolist(), strict=True))
 
     # ---- embeddings ------------------------------------------------------------------------
     def embed(self, image: np.ndarray) -> Embedding:
@@ -182,7 +201,9 @@ class Predictor:
 
     # ---- routing and prediction --------------------------------------------------------------
     def route_embedding(self, e: Embedding) -> RouteDecision:
-        return self.bank.route(e.feature)
+        if self.router == "paper":
+            return self.bank.route(e.feature)
+        return self.neighbours.route(e.views)
 
     def set_image(self, image: np.ndarray) -> RouteDecision:
         """Embed (or fetch from cache) and route an image; later ``predict`` calls use it."""

@@ -9,12 +9,35 @@ caller that passes the events on (a napari worker).
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from casam.errors import Cancelled
 
 E = TypeVar("E")
 R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One step of learning. ``stage`` is plan, embed, align, vae, evaluate or save."""
+
+    stage: str
+    step: int
+    total: int
+    epoch: int | None = None
+    loss: float | None = None
+    message: str = ""
+    estimate: Any = None
+    """The ``casam.estimate.LearnEstimate`` of a "plan" event."""
+
+    def __str__(self) -> str:
+        s = f"{self.stage} {self.step}/{self.total}"
+        if self.epoch is not None:
+            s += f" epoch {self.epoch}"
+        if self.loss is not None:
+            s += f" loss {self.loss:.4f}"
+        return s + (f" {self.message}" if self.message else "")
 
 
 def relay(

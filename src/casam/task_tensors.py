@@ -2,11 +2,13 @@
 
 A task is stored as two safetensors files. ``alignment.safetensors`` holds ``blocks.{i}.*`` of an
 :class:`~casam.alignment.AlignmentLayer`; ``router.safetensors`` holds the VAE's
-``vae.{enc1,enc2,dec1,dec2}.{weight,bias}`` and ``features``, the (N, 256) router features of the
-task's training images. This module is the one home of those names and shapes: it turns models
-into states and back, reads and writes the bytes, and checks a foreign state before any model
-is built from it. Checks take plain numbers (blocks, threshold, beta), not metadata objects.
-Importing it does not import torch.
+``vae.{enc1,enc2,dec1,dec2}.{weight,bias}`` and ``features``, the (N, 256) attention-pooled router
+features of the task's training images; since task format 2 also ``features_std`` and
+``features_max``, their channel std and max (:mod:`casam.neighbours`; a task of format 1 has
+``features`` only and is scored on that view). This module is the one home of those names and
+shapes: it turns models into states and back, reads and writes the bytes, and checks a foreign
+state before any model is built from it. Checks take plain numbers (blocks, thresholds, beta),
+not metadata objects. Importing it does not import torch.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ if TYPE_CHECKING:
 VAE_LAYERS = ("enc1", "enc2", "dec1", "dec2")
 VAE_KEYS = tuple(f"vae.{m}.{p}" for m in VAE_LAYERS for p in ("weight", "bias"))
 FEATURES = "features"
+#: The stored pooled views, in the order of ``casam.neighbours.VIEWS`` (a task has 1 or all 3).
+VIEW_KEYS = (FEATURES, "features_std", "features_max")
 State = dict[str, "torch.Tensor"]
 
 
@@ -46,11 +50,21 @@ def layer_from_state(state: State) -> AlignmentLayer:
     return layer.eval().requires_grad_(False)
 
 
-def router_state(vae: VAE, features: torch.Tensor) -> State:
-    """A router state dict: the VAE's weights under ``vae.*`` and the (N, 256) ``features``."""
+def router_state(vae: VAE, views: torch.Tensor) -> State:
+    """A router state dict: the VAE's weights under ``vae.*`` and the (N, V, 256) pooled views
+    of the training images (V = 1: ``features`` only, or 3)."""
     state = {f"vae.{k}": v for k, v in vae.state_dict().items()}
-    state[FEATURES] = features
+    for k in range(views.shape[1]):
+        state[VIEW_KEYS[k]] = views[:, k].contiguous()
     return state
+
+
+def stored_views(state: State) -> torch.Tensor:
+    """(N, V, 256) pooled views of a router state (V = 3 from format 2 on, 1 before)."""
+    import torch
+
+    keys = VIEW_KEYS if all(k in state for k in VIEW_KEYS) else VIEW_KEYS[:1]
+    return torch.stack([state[k].float() for k in keys], dim=1)
 
 
 def vae_from_state(state: State) -> VAE:
@@ -96,10 +110,17 @@ def block_shapes() -> dict[str, tuple[int, ...]]:
 
 
 def check_tensors(
-    alignment: Any, router: Any, *, blocks: int, threshold: float, beta: float, where: str
+    alignment: Any,
+    router: Any,
+    *,
+    blocks: int,
+    threshold: float,
+    beta: float,
+    where: str,
+    knn_threshold: float | None = None,
 ) -> None:
     """Raise LibraryError unless the states are a ``blocks``-block Alignment Layer and a VAE
-    router on 256 features, every tensor finite, and ``threshold`` sane for that router."""
+    router on 256 features, every tensor finite, and both thresholds sane for that router."""
     import torch
 
     for part, state in (("alignment", alignment), ("router", router)):
@@ -118,6 +139,7 @@ def check_tensors(
                     f"{where}: {part} tensor {k!r} is not finite floating point; refused"
                 )
     _check_threshold(router, threshold, beta, where)
+    _check_knn_threshold(knn_threshold, where)
 
 
 def _check_alignment(alignment: State, blocks: int, where: str) -> None:
@@ -163,6 +185,25 @@ def _check_router(router: State, where: str) -> None:
     f = g[FEATURES]
     if len(f) != 2 or f[1] != EMBED_DIM or f[0] < 1:
         raise LibraryError(f"{where}: router.safetensors has features of shape {f}; refused")
+    extra = [k for k in VIEW_KEYS[1:] if k in router]
+    if extra and (
+        len(extra) != len(VIEW_KEYS) - 1 or any(tuple(router[k].shape) != f for k in extra)
+    ):
+        raise LibraryError(
+            f"{where}: router.safetensors holds {', '.join(extra)} not matching its features "
+            f"of shape {f} (it needs {', '.join(VIEW_KEYS)}, all alike); refused"
+        )
+
+
+def _check_knn_threshold(knn_threshold: float | None, where: str) -> None:
+    from casam.routing import MAX_KNN_THRESHOLD, knn_threshold_is_sane
+
+    if knn_threshold is not None and not knn_threshold_is_sane(knn_threshold):
+        raise LibraryError(
+            f"{where}: its neighbour threshold {knn_threshold:.3g} is not in (0, "
+            f"{MAX_KNN_THRESHOLD}), so it would take images of any kind; refused. Ask for a "
+            "freshly learned copy of the task"
+        )
 
 
 def _check_threshold(router: State, threshold: float, beta: float, where: str) -> None:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -24,33 +22,11 @@ from casam.library import LoadedTask, TaskInfo, TaskLibrary, new_task_info, vali
 from casam.metrics import boundary_iou, iou
 from casam.predictor import Predictor
 from casam.preprocess import mask_box
-from casam.router import fit_router
-from casam.routing import calibrated_threshold
+from casam.progress import Progress
 from casam.sam import Backbone
 from casam.samples import Sample, collect_samples, split_holdout
-from casam.task_tensors import FEATURES, layer_from_state, router_state
-
-
-@dataclass(frozen=True)
-class Progress:
-    """One step of learning. ``stage`` is plan, embed, align, vae, evaluate or save."""
-
-    stage: str
-    step: int
-    total: int
-    epoch: int | None = None
-    loss: float | None = None
-    message: str = ""
-    estimate: Any = None
-    """The ``casam.estimate.LearnEstimate`` of a "plan" event."""
-
-    def __str__(self) -> str:
-        s = f"{self.stage} {self.step}/{self.total}"
-        if self.epoch is not None:
-            s += f" epoch {self.epoch}"
-        if self.loss is not None:
-            s += f" loss {self.loss:.4f}"
-        return s + (f" {self.message}" if self.message else "")
+from casam.task_router import FittedRouter, router_stage
+from casam.task_tensors import layer_from_state, router_state
 
 
 def dice_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -229,29 +205,12 @@ def _training_tensors(
     return z_all, boxes, targets, torch.tensor([slot[x.image] for x in samples])
 
 
-def fit_task_router(feats: torch.Tensor, s: LearnSettings) -> tuple[Any, float]:
-    """The task's VAE on its (N, 256) features and its routing threshold (with the margin)."""
-    vae, fold_threshold, _ = fit_router(
-        feats,
-        folds=s.folds,
-        percentile=s.percentile,
-        seed=s.seed,
-        beta=s.beta,
-        steps=s.vae_steps,
-        batch=s.vae_batch,
-        lr=s.vae_lr,
-        hidden=s.vae_hidden,
-        latent=s.vae_latent,
-    )
-    return vae, calibrated_threshold(fold_threshold, s.threshold_margin)
-
-
 def _task_info(
     name: str,
     backbone: Backbone,
     s: LearnSettings,
     layer: AlignmentLayer,
-    threshold: float,
+    router: FittedRouter,
     counts: tuple[int, int, int],
     previous: LoadedTask | None,
     means: dict[str, float | None],
@@ -262,7 +221,8 @@ def _task_info(
     return new_task_info(
         name,
         backbone=backbone.identity,
-        threshold=threshold,
+        threshold=router.threshold,
+        knn_threshold=router.knn_threshold,
         blocks=layer.n_blocks,
         n_images=n_images + (previous.info.n_images if previous else 0),
         n_objects=n_objects + (previous.info.n_objects if previous else 0),
@@ -307,19 +267,6 @@ def _plan(predictor, images, used, samples, train_img, hold_img, s: LearnSetting
         predictor, images[used[0]], len(used), len(train), len(train_img), len(hold), s
     )
     return Progress("plan", 1, 1, message=str(est), estimate=est)
-
-
-def _router_stage(
-    emb: dict, order: list[int], previous: LoadedTask | None, s: LearnSettings
-) -> Generator[Progress, None, tuple[Any, float, torch.Tensor]]:
-    """The VAE router on the training images' features (and an extended task's stored ones)."""
-    feats = torch.stack([emb[i].feature for i in order]).float()
-    if previous is not None and FEATURES in previous.router:
-        feats = torch.cat([previous.router[FEATURES].float(), feats])
-    yield Progress("vae", 0, 1, message=f"VAE and {s.folds}-fold threshold")
-    vae, threshold = fit_task_router(feats, s)
-    yield Progress("vae", 1, 1, message=f"threshold {threshold:.4g}")
-    return vae, threshold, feats
 
 
 def _embed_all(predictor: Predictor, images, used: list[int]) -> Generator[Progress, None, dict]:
@@ -377,16 +324,15 @@ def iter_learn_task(
         backbone, z_all, boxes, targets, s, layer=layer, where=where, gen=gen
     )
 
-    vae, threshold, feats = yield from _router_stage(emb, order, previous, s)
+    router = yield from router_stage(emb, order, previous, s)
 
     # held-out IoU of plain SAM vs the layer; then save, atomically (nothing written before)
     means = yield from _evaluate(backbone, layer, emb, hold_samples)
     yield Progress("save", 0, 1)
     counts = (len(train_img), len(train_samples), len(hold_img))
-    info = _task_info(name, backbone, s, layer, threshold, counts, previous, means, t0)
-    saved = lib.save(
-        info, layer.state_dict(), router_state(vae, feats), overwrite=overwrite or extend
-    )
+    info = _task_info(name, backbone, s, layer, router, counts, previous, means, t0)
+    weights = layer.state_dict(), router_state(router.vae, router.views)
+    saved = lib.save(info, *weights, overwrite=overwrite or extend)
     if predictor.library is not None and predictor.library.root == lib.root:
         predictor.reload_library()
     return saved

@@ -213,6 +213,12 @@ def test_route_json_on_empty_library(capsys, files):
         "score": None,
         "threshold": None,
         "fallback": True,
+        "router": "knn",
+        "best": None,
+        "ratio": None,
+        "runner_up": None,
+        "runner_up_ratio": None,
+        "reason": "no task learned for this model yet",
     }
 
 

@@ -27,7 +27,7 @@ from casam_testing import (
 
 import casam.library as library
 import casam.library.format as fmt
-from casam.config import LIBRARY_FORMAT_VERSION
+from casam.config import LIBRARY_FORMAT_VERSION, TASK_FORMAT_VERSION
 from casam.errors import InputError, LibraryError, TaskExistsError
 from casam.library import MARKER, META, TaskLibrary, exchange, fs  # noqa: E402
 
@@ -52,7 +52,7 @@ def test_round_trip_keeps_weights_and_metadata(lib):
     assert info.path == lib.root / "CT spleen"
     loaded = lib.load("CT spleen")
     assert loaded.info.threshold == 0.123 and loaded.info.blocks == 2
-    assert loaded.info.format_version == LIBRARY_FORMAT_VERSION
+    assert loaded.info.format_version == TASK_FORMAT_VERSION
     for k, v in align.items():
         assert torch.equal(loaded.alignment[k], v)
     for k, v in router.items():
@@ -274,7 +274,7 @@ def test_import_refuses_broken_packages(lib, tmp_path, case):
             src,
             {
                 **members,
-                META: json.dumps({**meta, "format_version": LIBRARY_FORMAT_VERSION + 1}).encode(),
+                META: json.dumps({**meta, "format_version": TASK_FORMAT_VERSION + 1}).encode(),
             },
         )
     elif case == "bad name":
@@ -331,7 +331,7 @@ def test_task_of_newer_format_is_refused_others_work(lib):
     save_task(lib, "new")
     save_task(lib, "ok")
     meta = json.loads((lib.root / "new" / META).read_text())
-    meta["format_version"] = LIBRARY_FORMAT_VERSION + 1
+    meta["format_version"] = TASK_FORMAT_VERSION + 1
     (lib.root / "new" / META).write_text(json.dumps(meta))
     (problem,) = lib.problems()
     assert "'new'" in problem and "newer" in problem and "upgrade" in problem

@@ -1,54 +1,108 @@
-"""The router's second opinion: nearest stored feature, leave-one-out threshold, ratio routing."""
+"""The default router: pooled views, nearest stored image, leave-one-out threshold, one bank."""
 
 import pytest
 import torch
 
-from casam.neighbours import NeighbourCheck, leave_one_out, nearest_distance, route_ratios
+from casam.neighbours import (
+    MARGINS,
+    NeighbourBank,
+    calibrate,
+    leave_one_out,
+    pooled_views,
+    unit,
+)
+from casam.router import attention_pool
 
 
 def _cluster(centre: torch.Tensor, n: int, spread: float, seed: int) -> torch.Tensor:
+    """(n, 3, C) views around ``centre`` (3, C)."""
     g = torch.Generator().manual_seed(seed)
-    return centre + spread * torch.randn(n, centre.shape[0], generator=g)
+    return centre + spread * torch.randn(n, *centre.shape, generator=g)
 
 
-def test_nearest_distance_is_cosine_to_closest_row():
-    ref = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    x = torch.tensor([[2.0, 0.0], [1.0, 1.0], [-1.0, 0.0]])
-    d = nearest_distance(x, ref)
-    assert torch.allclose(d, torch.tensor([0.0, 1 - 2**-0.5, 1.0]), atol=1e-6)
+def _centre(k: int, c: int = 64) -> torch.Tensor:
+    v = torch.zeros(3, c)
+    v[:, k] = 5.0
+    v[:, k + 1] = 2.0
+    return v
 
 
-def test_leave_one_out_never_scores_a_row_against_itself():
-    ref = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
-    assert torch.allclose(leave_one_out(ref), torch.tensor([0.0, 0.0, 1.0]), atol=1e-6)
+def test_pooled_views_are_attention_pool_channel_std_and_max():
+    z = torch.randn(256, 8, 8)
+    v = pooled_views(z, attention_pool(z))
+    assert v.shape == (3, 256)
+    assert torch.allclose(v[0], attention_pool(z))
+    assert torch.allclose(v[1], z.reshape(256, -1).std(1))
+    assert torch.allclose(v[2], z.reshape(256, -1).amax(1))
 
 
-def test_check_accepts_its_own_kind_and_rejects_another():
-    a, b = torch.zeros(64), torch.zeros(64)
-    a[0], b[1] = 5.0, 5.0
-    check = NeighbourCheck.from_features(_cluster(a, 20, 0.3, 0), margin=1.5)
-    assert (check.ratio(_cluster(a, 30, 0.3, 1)) <= 1.0).float().mean() >= 0.9
-    assert (check.ratio(_cluster(b, 30, 0.3, 2)) > 1.0).all()
+def test_unit_rows_make_a_dot_product_the_mean_of_per_view_cosines():
+    a, b = torch.randn(3, 16), torch.randn(3, 16)
+    cos = torch.nn.functional.cosine_similarity(a, b, dim=1).mean()
+    assert float(unit(a) @ unit(b)) == pytest.approx(float(cos), abs=1e-6)
+    assert float(unit(a * 7.0).norm()) == pytest.approx(1.0)  # scale-free per view
+
+
+def test_leave_one_out_never_scores_an_image_against_itself():
+    ref = torch.stack([_centre(0), _centre(0), _centre(10)])
+    loo = leave_one_out(ref)
+    assert loo[:2].abs().max() < 1e-6 and loo[2] > 0.5
 
 
 def test_threshold_is_margin_times_the_largest_leave_one_out_distance():
-    f = _cluster(torch.ones(16), 10, 0.2, 3)
-    check = NeighbourCheck.from_features(f, margin=2.0)
-    assert check.threshold == pytest.approx(2.0 * float(leave_one_out(f).max()), rel=1e-5)
-
-
-def test_too_few_features_is_a_clear_error():
+    f = _cluster(_centre(0), 10, 0.2, 3)
+    assert calibrate(f, 2.0) == pytest.approx(2.0 * float(leave_one_out(f).max()), rel=1e-5)
+    assert calibrate(f) == pytest.approx(calibrate(f, MARGINS[3]))
+    assert calibrate(f[:, :1]) == pytest.approx(calibrate(f[:, :1], MARGINS[1]))
     with pytest.raises(ValueError, match="at least 2"):
-        NeighbourCheck.from_features(torch.ones(1, 8))
+        calibrate(f[:1])
 
 
-def test_route_ratios_takes_the_smallest_ratio_within_one():
-    r = torch.tensor([[0.5, 0.2], [1.5, 3.0], [0.9, 1.1]])
-    out = route_ratios(r, ["a", "b"])
-    assert out[0][:2] == ("b", "b")
-    assert out[1][:2] == (None, "a") and out[1][2] == pytest.approx(1.5)
-    assert out[2][:2] == ("a", "a")
-    assert (
-        route_ratios(torch.empty(2, 0), [])
-        == [(None, None, pytest.approx(float("nan"), nan_ok=True))] * 2
+def test_bank_routes_each_kind_to_its_task_and_a_stranger_to_sam():
+    a, b = _cluster(_centre(0), 20, 0.3, 0), _cluster(_centre(20), 20, 0.3, 1)
+    bank = NeighbourBank(["A", "B"], [a, b], [calibrate(a), calibrate(b)])
+    for centre, want, seed in ((_centre(0), "A", 5), (_centre(20), "B", 6)):
+        routes = [bank.route(v) for v in _cluster(centre, 10, 0.3, seed)]
+        assert sum(r.task == want for r in routes) >= 9
+        assert all(r.task in (want, None) for r in routes)  # never the other task
+    far = bank.route(_centre(40))
+    assert far.fallback and far.task is None and far.ratio > 1 and far.router == "knn"
+    assert far.best in ("A", "B") and far.runner_up in ("A", "B") and far.runner_up != far.best
+    assert far.reason.startswith("unlike every learned task")
+
+
+def test_bank_distances_equal_one_task_at_a_time_with_mixed_view_counts():
+    """A task of format 1 (one view) and two of format 2 (three views) in one bank."""
+    g = torch.Generator().manual_seed(4)
+    refs = [torch.randn(5, 3, 32, generator=g), torch.randn(7, 1, 32, generator=g)]
+    refs.append(torch.randn(3, 3, 32, generator=g))
+    bank = NeighbourBank(["a", "old", "c"], refs, [0.1, 0.2, 0.3])
+    x = torch.randn(4, 3, 32, generator=g)
+    got = bank.distances(x)
+    for k, ref in enumerate(refs):
+        nv = ref.shape[1]
+        want = 1 - (unit(x[:, :nv]) @ unit(ref).T).amax(1)
+        assert torch.allclose(got[:, k], want, atol=1e-6)
+    assert torch.allclose(bank.ratios(x), got / torch.tensor([0.1, 0.2, 0.3]))
+
+
+def test_the_smallest_ratio_wins_not_the_smallest_distance():
+    """Distances of two tasks are not on one scale: a tight task at 0.9 of its threshold
+    beats a loose one whose raw distance is smaller but at 0.95 of its threshold."""
+    tight = torch.stack([_centre(0), _centre(0) * 1.001])
+    loose = torch.stack([_centre(2), _centre(2) * 1.001])
+    x = (_centre(0) + _centre(2) * 0.98)[None]
+    bank = NeighbourBank(["tight", "loose"], [tight, loose], [1.0, 1.0])
+    d = bank.distances(x)[0]
+    bank = NeighbourBank(
+        ["tight", "loose"], [tight, loose], [float(d[0]) / 0.9, float(d[1]) / 0.95]
     )
+    r = bank.route(x[0])
+    assert r.task == "tight" and r.ratio == pytest.approx(0.9, rel=1e-4)
+    assert r.runner_up == "loose" and r.runner_up_ratio == pytest.approx(0.95, rel=1e-4)
+
+
+def test_empty_bank_falls_back_with_its_reason():
+    r = NeighbourBank([], [], []).route(torch.zeros(3, 256))
+    assert r.fallback and r.task is None and r.best is None
+    assert r.reason == "no task learned for this model yet"

@@ -91,19 +91,43 @@ def test_empty_bank_falls_back():
         "score": None,
         "threshold": None,
         "fallback": True,
+        "router": "paper",
+        "best": None,
+        "ratio": None,
+        "runner_up": None,
+        "runner_up_ratio": None,
+        "reason": "no task learned for this model yet",
     }
 
 
 def test_route_json_fields():
-    r = RouteDecision("CT spleen", 0.05, 0.1, False, {"CT spleen": 0.05}, best="CT spleen")
+    r = RouteDecision(
+        "CT spleen",
+        0.05,
+        0.1,
+        False,
+        {"CT spleen": 0.05, "MR liver": 0.3},
+        best="CT spleen",
+        runner_up="MR liver",
+        runner_up_ratio=3.0,
+    )
     assert r.to_json("a.png") == {
         "image": "a.png",
         "task": "CT spleen",
         "score": 0.05,
         "threshold": 0.1,
         "fallback": False,
+        "router": "knn",
+        "best": "CT spleen",
+        "ratio": 0.5,
+        "runner_up": "MR liver",
+        "runner_up_ratio": 3.0,
+        "reason": None,
     }
-    assert str(r).startswith("CT spleen")
+    assert str(r) == (
+        "CT spleen: its images look like this one (score 50% of its threshold); "
+        "runner-up MR liver at 3.0x its threshold"
+    )
 
 
 def test_vae_score_is_deterministic():

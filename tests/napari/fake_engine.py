@@ -16,9 +16,10 @@ from napari_casam._jobs import relay
 from napari_casam._session import Routed, Segmented
 
 
-def FakeRoute(task, score, threshold, fallback, forced=False, best=None) -> RouteDecision:  # noqa: N802
-    """A routing decision as the engine makes it (the real, torch-free value class)."""
-    return RouteDecision(task, score, threshold, fallback, forced=forced, best=best)
+def FakeRoute(task, score, threshold, fallback, forced=False, best=None, **kw) -> RouteDecision:  # noqa: N802
+    """A routing decision as the engine makes it (the real, torch-free value class); ``kw``:
+    ``runner_up``, ``runner_up_ratio``, ``router``."""
+    return RouteDecision(task, score, threshold, fallback, forced=forced, best=best, **kw)
 
 
 def box_mask(shape: tuple[int, int], box: np.ndarray) -> np.ndarray:

@@ -166,7 +166,33 @@ def test_fallback_text_says_the_closest_task_was_rejected(dock):
     dock.update_route()
     text = dock.shown[-1][0]
     assert text.headline == "SAM fallback" and text.kind == "fallback"
-    assert text.detail == "Closest task MR brain was rejected (score 6x its threshold)."
+    assert (
+        text.detail
+        == "Unlike every learned task: the closest, MR brain, scores 6.0x its threshold."
+    )
+
+
+def test_card_shows_the_score_as_a_share_of_the_threshold_and_the_runner_up(dock):
+    dock.session.route_for[(2,)] = FakeRoute(
+        "CT spleen", 0.031, 0.05, False, best="CT spleen", runner_up="CT liver", runner_up_ratio=1.4
+    )
+    dock.update_route()
+    text = dock.shown[-1][0]
+    assert (text.headline, text.kind) == ("CT spleen", "task")
+    assert text.detail == (
+        "Its images look like this one (score 62% of its threshold); "
+        "runner-up CT liver at 140% of its threshold."
+    )
+    dock.session.route_for[(3,)] = FakeRoute(
+        None, 0.3, 0.1, True, best="CT liver", runner_up="MR liver", runner_up_ratio=12.0
+    )
+    dock.layers.index = (3,)
+    dock.update_route()
+    text = dock.shown[-1][0]
+    assert text.kind == "fallback" and text.detail == (
+        "Unlike every learned task: the closest, CT liver, scores 3.0x its threshold; "
+        "runner-up MR liver at 12x its threshold."
+    )
 
 
 def test_interpolation_pair_rules():

@@ -77,7 +77,7 @@ def test_routing_differs_for_a_learned_kind_and_an_unseen_kind(
     assert w.image_layer.name == "MR"
     mr_text = w.card.text
     assert mr_text.headline == "SAM fallback" and mr_text.kind == "fallback"
-    assert mr_text.detail.startswith("Closest task CT spleen was rejected (score")
+    assert mr_text.detail.startswith("Unlike every learned task: the closest, CT spleen, scores")
     assert mr_text != ct_text
     # back to the CT: the card follows the selected image
     viewer.layers.selection.active = viewer.layers["CT"]

@@ -44,6 +44,7 @@ def _predictor(args: argparse.Namespace) -> Any:
         device=args.device,
         library=_library(args),
         disk_cache=args.cache,
+        router=args.router,
     )
 
 
@@ -279,6 +280,33 @@ def cmd_check(args: argparse.Namespace) -> int:
     n = len(lib.tasks())
     print(f"{lib.root}: {n} task(s) readable, {len(problems)} problem(s)", file=sys.stderr)
     return 1 if problems else 0
+
+
+def cmd_recalibrate(args: argparse.Namespace) -> int:
+    from casam.task_router import recalibrate
+
+    lib = _library(args, create=False)
+    names = args.task or lib.names()
+    for name in dict.fromkeys(names):  # unknown names fail before any task changes
+        lib.info(name)
+    if not names:
+        print(f"no tasks in {lib.root}")
+    for name in dict.fromkeys(names):
+        old = lib.info(name)
+        new = lib.update_info(name, recalibrate)
+        if args.json:
+            keys = ("threshold", "knn_threshold", "format_version")
+            print(
+                json.dumps({"task": name, **{k: [getattr(old, k), getattr(new, k)] for k in keys}})
+            )
+            continue
+        knn = "-" if old.knn_threshold is None else f"{old.knn_threshold:.4g}"
+        print(
+            f"task '{name}': neighbour threshold {knn} -> {new.knn_threshold:.4g}, VAE threshold "
+            f"{old.threshold:.4g} -> {new.threshold:.4g}, format {old.format_version} -> "
+            f"{new.format_version}"
+        )
+    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -28,7 +28,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from casam.backbones import BACKBONES
-    from casam.routing import SCORE_HELP
+    from casam.routing import DEFAULT_ROUTER, ROUTERS, SCORE_HELP
 
     parser = _Parser(
         prog="casam",
@@ -68,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
                 default=None,
                 metavar="DIR",
                 help="keep image embeddings in DIR across runs (float16, ~2 MB per slice)",
+            )
+            sp.add_argument(
+                "--router",
+                default=DEFAULT_ROUTER,
+                choices=ROUTERS,
+                help="knn (default): nearest stored training image of each task; paper: the "
+                "paper's VAE rule",
             )
 
     sp = sub.add_parser("learn", help="learn a new task from images and masks")
@@ -114,8 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser(
         "route",
         help="show which task each image goes to",
-        description=f"{SCORE_HELP} The JSON output gives the score and the threshold of the "
-        "closest task.",
+        description=f"{SCORE_HELP} The JSON output gives the closest task (best), its score, "
+        "threshold and their ratio, the runner-up's ratio and, for a SAM fallback, the reason.",
     )
     common(sp)
     sp.add_argument("images", nargs="+", metavar="IMAGE")
@@ -212,6 +219,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common(sp, model=False)
     sp.set_defaults(func=c.cmd_check)
+
+    sp = sub.add_parser(
+        "recalibrate",
+        help="recompute tasks' routing thresholds from their stored features (no images)",
+        description="Recompute each task's routing thresholds from the pooled features it "
+        "stores (no images needed): the default router's neighbour threshold and the paper "
+        "rule's VAE threshold (its folds are trained again, a few seconds per task). A task "
+        "learned before task format 2 gets a neighbour threshold on its one stored view. "
+        "Each task is rewritten atomically; its weights are kept as they are.",
+    )
+    common(sp, model=False)
+    sp.add_argument(
+        "--task",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="a task to recalibrate (repeatable; default: every task)",
+    )
+    sp.add_argument("--json", action="store_true", help="one JSON object per task per line")
+    sp.set_defaults(func=c.cmd_recalibrate)
 
     sp = sub.add_parser("export", help="write a task as one .casamtask file")
     common(sp, model=False)

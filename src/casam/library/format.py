@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from casam.config import LIBRARY_FORMAT_VERSION
+from casam.config import TASK_FORMAT_VERSION
 from casam.errors import LibraryError
 from casam.library.names import shown
 
@@ -60,7 +60,10 @@ class TaskInfo:
     created: str
     settings: dict[str, Any]
     files: dict[str, str]
-    format_version: int = LIBRARY_FORMAT_VERSION
+    knn_threshold: float | None = None
+    """The default router's distance threshold (casam.neighbours); None in a task of format 1
+    (computed from its stored features when it is loaded, written by ``casam recalibrate``)."""
+    format_version: int = TASK_FORMAT_VERSION
     path: Path | None = field(default=None, compare=False)
     active: bool = field(default=True, compare=False)
 
@@ -82,7 +85,7 @@ class TaskInfo:
         missing = [
             k
             for k, f in cls.__dataclass_fields__.items()
-            if k not in fields_ and k not in ("path", "active", "format_version")
+            if k not in fields_ and k not in ("path", "active", "format_version", "knn_threshold")
         ]
         if missing:
             raise LibraryError(
@@ -98,6 +101,9 @@ class TaskInfo:
         th = fields_["threshold"]
         if not (is_number(th) and math.isfinite(th) and th >= 0):
             problems.append("threshold")
+        knn = fields_.get("knn_threshold")
+        if knn is not None and not (is_number(knn) and math.isfinite(knn) and knn > 0):
+            problems.append("knn_threshold")
         for k in ("iou_sam", "iou_task", "biou_sam", "biou_task"):
             if fields_[k] is not None and not is_number(fields_[k]):
                 problems.append(k)
@@ -159,10 +165,10 @@ def parse_meta(raw: bytes, where: str, path: Path | None = None) -> TaskInfo:
     if not isinstance(d, dict):
         raise LibraryError(f"{where} is not a JSON object; task refused")
     version = d.get("format_version", 0)
-    if not is_int(version) or version > LIBRARY_FORMAT_VERSION:
+    if not is_int(version) or version > TASK_FORMAT_VERSION:
         raise LibraryError(
             f"{where} was written by a newer napari-casam (format {version!r}, this one reads "
-            f"{LIBRARY_FORMAT_VERSION}); upgrade napari-casam to use it"
+            f"up to {TASK_FORMAT_VERSION}); upgrade napari-casam to use it"
         )
     info = TaskInfo.from_json(d, path, where)
     if set(info.files) != set(WEIGHT_FILES):
@@ -202,4 +208,5 @@ def check_against(info: TaskInfo, alignment: Any, router: Any, where: str) -> No
         threshold=info.threshold,
         beta=tt.beta_of(info.settings),
         where=where,
+        knn_threshold=info.knn_threshold,
     )

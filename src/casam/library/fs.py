@@ -175,3 +175,23 @@ def is_stale_tmp(p: Path) -> bool:
         return time.time() - p.lstat().st_mtime > STALE_TMP_S
     except OSError:
         return False
+
+
+def library_root(root: str | Path, create: bool) -> Path:
+    """The absolute library folder ``root``, created if ``create``; LibraryError if it is a
+    file, cannot be created or (without ``create``) does not exist."""
+    path = Path(root).expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        raise LibraryError(f"library path {shown(path)} is a file, not a folder; give a folder")
+    if create:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise LibraryError(
+                f"cannot create library folder {shown(path)} ({e.strerror})"
+            ) from None
+    elif not path.is_dir():
+        raise LibraryError(
+            f"library folder {shown(path)} does not exist; learn a task into it first"
+        )
+    return path

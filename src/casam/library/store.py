@@ -33,13 +33,13 @@ import json
 import os
 import unicodedata
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from casam import task_tensors as tt
-from casam.config import LIBRARY_FORMAT_VERSION, default_library_dir
+from casam.config import TASK_FORMAT_VERSION, default_library_dir
 from casam.errors import InputError, LibraryError, TaskExistsError
 from casam.library import fs
 from casam.library.format import (
@@ -66,24 +66,7 @@ class TaskLibrary:
     ):
         """``read_only``: never create, tidy or lock (a batch worker only reads tasks)."""
         create = create and not read_only
-        self.root = (
-            Path(root).expanduser() if root is not None else default_library_dir()
-        ).absolute()
-        if self.root.exists() and not self.root.is_dir():
-            raise LibraryError(
-                f"library path {shown(self.root)} is a file, not a folder; give a folder"
-            )
-        if create:
-            try:
-                self.root.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise LibraryError(
-                    f"cannot create library folder {shown(self.root)} ({e.strerror})"
-                ) from None
-        elif not self.root.is_dir():
-            raise LibraryError(
-                f"library folder {shown(self.root)} does not exist; learn a task into it first"
-            )
+        self.root = fs.library_root(root if root is not None else default_library_dir(), create)
         check_format(self.root, create)
         if not read_only:
             self._tidy()
@@ -285,7 +268,7 @@ class TaskLibrary:
             f: tt.to_bytes(s) for f, s in zip(WEIGHT_FILES, (alignment, router), strict=True)
         }
         files = {f: hashlib.sha256(b).hexdigest() for f, b in weights.items()}
-        final = info.with_(name=name, files=files, format_version=LIBRARY_FORMAT_VERSION, path=None)
+        final = info.with_(name=name, files=files, format_version=TASK_FORMAT_VERSION, path=None)
         tmp = fs.new_tmp(self.root)
         try:
             self._stage(tmp, weights, final)
@@ -352,6 +335,19 @@ class TaskLibrary:
             return task.info
         self.ensure_free(new)
         final = task.info.with_(name=new, path=None)
+        return self._rewrite(src, meta_raw, raw, final, f"rename task '{old}' to '{new}'")
+
+    def update_info(self, name: str, change: Callable[[LoadedTask], TaskInfo]) -> TaskInfo:
+        """Replace a task's metadata by ``change(task)`` (weights kept byte for byte), checked
+        against the weights and written atomically; the new format version is stamped."""
+        task, meta_raw, raw = self._load_folder(self._folder_of(name))
+        final = change(task).with_(format_version=TASK_FORMAT_VERSION, path=None)
+        check_against(final, task.alignment, task.router, f"task '{task.info.name}'")
+        return self._rewrite(task.info.path, meta_raw, raw, final, f"update task '{name}'")
+
+    def _rewrite(self, src, meta_raw: bytes, raw: dict, final: TaskInfo, what: str) -> TaskInfo:
+        """Write ``final`` with the weights ``raw`` of the task in ``src`` (under the lock: only
+        if its ``task.json`` is still ``meta_raw``); a new name leaves ``src`` removed."""
         tmp = fs.new_tmp(self.root)
         try:
             self._stage(tmp, raw, final)
@@ -362,19 +358,16 @@ class TaskLibrary:
                 except OSError:
                     unchanged = False
                 if not unchanged:
-                    raise LibraryError(
-                        f"task '{old}' was changed by another process while being renamed; "
-                        "try again"
-                    )
-                self._commit(tmp, new, overwrite=False)
-                self._discard(src)
+                    raise LibraryError(f"could not {what}: another process changed it; try again")
+                same = src.name == final.name
+                self._commit(tmp, final.name, overwrite=same)
+                if not same:
+                    self._discard(src)
         except OSError as e:
-            raise LibraryError(
-                f"could not rename task '{old}' to '{new}': {fs.os_message(e)}"
-            ) from None
+            raise LibraryError(f"could not {what}: {fs.os_message(e)}") from None
         finally:
             fs.done_tmp(tmp)
-        return final.with_(path=self.root / new)
+        return final.with_(path=self.root / final.name)
 
     # ---- exchange between sites (see casam.library.exchange) ---------------------------------
     def export(self, name: str, dest: str | Path) -> Path:
