@@ -9,6 +9,7 @@ task in seconds on a CPU without touching the bundled model.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -176,20 +177,31 @@ def subprocess_env(tmp_path: Path) -> dict[str, str]:
 
 
 def wait_for_line(proc, timeout: float) -> str:
-    """The next line a subprocess prints, or fail (with its stderr) after ``timeout`` seconds."""
+    """The next line a subprocess prints, or fail (with its stderr) after ``timeout`` seconds.
+
+    Reads the pipe's file descriptor one byte at a time, so nothing after the line is pulled
+    into Python's buffer, where ``proc.communicate()`` (which reads the descriptor) would never
+    see it: on a loaded machine the child's next lines are often already in the pipe.
+    """
     import selectors
 
+    fd, data = proc.stdout.fileno(), b""
+    deadline = time.monotonic() + timeout
     with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        if not sel.select(timeout):
-            proc.kill()
-            _, err = proc.communicate()
-            pytest.fail(f"no output from the helper process within {timeout:.0f} s: {err[-3000:]}")
-    line = proc.stdout.readline()
-    if not line:
-        _, err = proc.communicate()
-        pytest.fail(f"the helper process ended early: {err[-3000:]}")
-    return line
+        sel.register(fd, selectors.EVENT_READ)
+        while not data.endswith(b"\n"):
+            if not sel.select(max(0.0, deadline - time.monotonic())):
+                proc.kill()
+                _, err = proc.communicate()
+                pytest.fail(
+                    f"no output from the helper process within {timeout:.0f} s: {err[-3000:]}"
+                )
+            byte = os.read(fd, 1)
+            if not byte:
+                _, err = proc.communicate()
+                pytest.fail(f"the helper process ended early: {err[-3000:]}")
+            data += byte
+    return data.decode()
 
 
 def isolate_user_dirs(tmp_path: Path, monkeypatch) -> None:
