@@ -9,7 +9,9 @@ Keys (all medians unless said otherwise; times in ms unless the name ends in _s)
 - decode_bare_ms: one bare prompt-encoder + mask-decoder call for one box on a cached embedding.
 - decode_ms: one box -> mask through ``casam.Predictor.predict`` on a cached embedding, with
   routing among the library's tasks, the routed task's (cached) aligned embedding, pre- and
-  post-processing. Sampled interleaved with decode_bare_ms so load drifts cancel.
+  post-processing. Sampled interleaved with decode_bare_ms so load drifts cancel. Where the
+  encoder runs in OpenVINO the predictor decodes plain boxes with the compiled box decoder
+  (``decode_engine``), so decode_ms can be below the bare torch call.
 - decode_first_ms: the first box on a newly routed image (the Alignment Layer runs once).
 - route_ms_100 / route_ms_1000: route one cached embedding among 100 / 1000 tasks with the
   shipped (default) router: a ``casam.neighbours.NeighbourBank`` of that many tasks of
@@ -335,6 +337,8 @@ def main(argv=None) -> int:
             t = time.perf_counter()
             f()
             acc.append((time.perf_counter() - t) * 1000)
+    dec = getattr(bb, "box_decoder", None)
+    out["decode_engine"] = "openvino" if dec is not None and dec.ready else "torch"
     out["decode_bare_ms"] = round(float(np.median(bare_t)), 2)
     out["decode_ms"] = round(float(np.median(full_t)), 2)
 

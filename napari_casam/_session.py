@@ -214,6 +214,10 @@ class Session:
         if runtime is not None:
             yield "Preparing the image encoder (the first time: an export of about a minute)…"
             runtime.prepare()
+        decoder = getattr(p.backbone, "box_decoder", None)
+        if decoder is not None:
+            yield "Preparing the box decoder (the first time: a compile of about a minute)…"
+            decoder.prepare()
         return p, available_devices()
 
     def _ensure(self) -> Predictor:

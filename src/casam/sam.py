@@ -62,6 +62,7 @@ class Backbone:
         self.mask_decoder = mask_decoder.to(self.device).eval().requires_grad_(False)
         with torch.no_grad():
             self._image_pe = self.prompt_encoder.get_dense_pe()
+        self.box_decoder = _make_box_decoder(self)
         self._lock = threading.Lock()
         mean = torch.tensor(SAM_PIXEL_MEAN).view(3, 1, 1)
         std = torch.tensor(SAM_PIXEL_STD).view(3, 1, 1)
@@ -186,6 +187,12 @@ class Backbone:
         pts = None
         if points_input is not None and points_input.shape[1] > 0:
             pts = (points_input.to(dev), labels.to(dev))
+        plain = pts is None and mask_input is None and not multimask and boxes_input is not None
+        if plain and z.shape[0] == 1 and self.box_decoder is not None:
+            if not (torch.is_grad_enabled() and z.requires_grad) and self.box_decoder.prepare():
+                out = self.box_decoder.decode(z, boxes_input)
+                if out is not None:
+                    return out
         sparse, dense = self.prompt_encoder(
             points=pts,
             boxes=None if boxes_input is None else boxes_input.to(dev),
@@ -260,6 +267,18 @@ def _make_runtime(bb: Backbone, runtime: str | None):
         bb.identity, bb.digest, bb.input_size, lambda: bb.image_encoder, bb.device.type
     )
     return GuardedRuntime(source, runtime)
+
+
+def _make_box_decoder(bb: Backbone):
+    """The compiled box decoder where the encoder runs in OpenVINO (same engine, so no new
+    dependency and no new numerics family), else None: torch decodes."""
+    rt = bb.runtime
+    if bb.device.type != "cpu" or rt is None or not rt.name.startswith("openvino"):
+        return None
+    from casam.runtime import BoxDecoderRuntime
+
+    parts = (bb.prompt_encoder, bb.mask_decoder, bb._image_pe)
+    return BoxDecoderRuntime(bb.identity, bb.digest, lambda: parts)
 
 
 _BUILT: dict[tuple[str, str, str, str], Backbone] = {}

@@ -13,6 +13,7 @@ only embeddings do (see docs/benchmark-speed.md for the cross-runtime measuremen
 from __future__ import annotations
 
 from casam.runtime._cpu import bf16_native, cpu_flags, cpu_model
+from casam.runtime._decoder import BoxDecoderRuntime
 from casam.runtime._engines import (
     EncoderRuntime,
     EncoderSource,
@@ -32,6 +33,7 @@ from casam.runtime._select import (
 from casam.runtime._store import runtime_cache_dir
 
 __all__ = [
+    "BoxDecoderRuntime",
     "ENV",
     "RUNTIMES",
     "EncoderRuntime",
