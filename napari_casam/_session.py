@@ -216,7 +216,7 @@ class Session:
             runtime.prepare()
         decoder = getattr(p.backbone, "box_decoder", None)
         if decoder is not None:
-            yield "Preparing the box decoder (the first time: a compile of about a minute)…"
+            yield "Preparing the box decoder (the first time: a compile of about 10 s)…"
             decoder.prepare()
         return p, available_devices()
 
