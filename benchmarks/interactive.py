@@ -35,27 +35,37 @@ from _common import EMB_CACHE, box_of, heldout_iou, machine  # noqa: E402
 
 LIB = Path("~/.cache/napari-casam/bench-interactive-lib").expanduser()
 LIB_BOX_ONLY = LIB.with_name("bench-interactive-lib-box-only")
+CT_FULL = ("example_ct.nii.gz", "example_seg_fast_force_split.nii.gz")
+MR_SM = ("example_mr_sm.nii.gz", "example_seg_mr.nii.gz")
 LEARN_TASKS = ("CT liver", "MR liver")  # learned with click prompts (point_share 0.3)
 BOX_ONLY_TASKS = ("CT liver",)  # also learned without, for the box-only check
 CLICK_TASKS = ("CT liver", "MR liver")
 VOLUMES = {  # name: (reader args, label, role, task)
     "CT spleen": (("example_ct_sm.nii.gz", "example_seg.nii.gz"), 1, "validation", None),
-    "CT liver": (
-        ("example_ct.nii.gz", "example_seg_fast_force_split.nii.gz"),
-        5,
-        "test",
-        "CT liver",
-    ),
-    "MR liver": (("example_mr_sm.nii.gz", "example_seg_mr.nii.gz"), 5, "test", "MR liver"),
-    "MR spleen": (("example_mr_sm.nii.gz", "example_seg_mr.nii.gz"), 1, "test", None),
+    "CT kidney R": (CT_FULL, 2, "validation", None),
+    "CT kidney L": (CT_FULL, 3, "validation", None),
+    "MR kidney R": (MR_SM, 2, "validation", None),
+    "CT liver": (CT_FULL, 5, "test", "CT liver"),
+    "MR liver": (MR_SM, 5, "test", "MR liver"),
+    "MR spleen": (MR_SM, 1, "test", None),
     "CT lung tumour (lung1)": ("lung1", 1, "test", None),
     "MR brain tumour (brain2)": ("brain2", 1, "test", None),
 }
-CANDIDATES = {  # propagation settings tried on the validation volume
-    "seed margins + 2 px (default)": {},
-    "fixed 10% margin": {"seed_margins": False, "box_margin": 0.1, "box_pad": 0.0},
-    "seed margins + logits": {"use_logits": True},
-    "seed margins + interior point": {"interior_point": True},
+VALIDATION = [n for n, v in VOLUMES.items() if v[2] == "validation"]
+#: The stop rules and box carrying of the first implementation (before this benchmark's
+#: diagnosis): the rows "before" in docs/benchmark-interactive.md.
+BEFORE = {
+    "min_score_ratio": 0.0,
+    "min_overlap": 0.0,
+    "max_shift": float("inf"),
+    "box_momentum": 0.0,
+}
+CANDIDATES = {  # propagation settings tried on the validation volumes ({}: today's defaults)
+    "before: no relative stop rules": BEFORE,
+    "fixed 10% margin": {**BEFORE, "seed_margins": False, "box_margin": 0.1, "box_pad": 0.0},
+    "before + neighbour's logits": {**BEFORE, "use_logits": True},
+    "before + interior point": {**BEFORE, "interior_point": True},
+    "defaults": {},
 }
 
 
@@ -90,7 +100,10 @@ def interpolated_boxes(gt: np.ndarray) -> dict[int, np.ndarray]:
     return {k: a + (b - a) * (k - ks[0]) / max(1, ks[-1] - ks[0]) for k in range(ks[0], ks[-1] + 1)}
 
 
-def three_d(p, name: str, task, settings) -> dict:
+def three_d(p, name: str, task, settings: dict, before: bool = False) -> dict:
+    """One box on the largest slice, propagated (per-slice and, with a routed task, majority
+    routing), beside the every-slice bound and interpolation; ``before``: also the settings of
+    the first implementation."""
     from casam.propagate import PropagateSettings, propagate
 
     vol, gt = axial_volume(name)
@@ -99,26 +112,53 @@ def three_d(p, name: str, task, settings) -> dict:
     row = {"slices": len(vol), "seed": k, "task": task}
     row["gt_box_every_slice"] = dice(per_slice_boxes(p, vol, every, task), gt)
     row["interpolated_boxes"] = dice(per_slice_boxes(p, vol, interpolated_boxes(gt), task), gt)
-    for routing in ("slice", "majority") if task == "auto" else ("slice",):
-        s = PropagateSettings(**{**settings, "routing": routing})
+    runs = [(r, settings, "") for r in (("slice", "majority") if task == "auto" else ("slice",))]
+    runs += [("slice", BEFORE, "_before")] if before else []
+    for routing, kw, suffix in runs:
+        s = PropagateSettings(**{**kw, "routing": routing})
         r = propagate(p, vol, k, box=box_of(gt[k]), task=task, settings=s)
-        row[f"one_box_{routing}"] = dice(r.masks, gt)
-        row[f"stops_{routing}"] = r.stops
-        row[f"tasks_{routing}"] = {str(t): n for t, n in r.tasks.items()}
+        row[f"one_box_{routing}{suffix}"] = dice(r.masks, gt)
+        row[f"stops_{routing}{suffix}"] = r.stops
+        row[f"tasks_{routing}{suffix}"] = {str(t): n for t, n in r.tasks.items()}
     return row
 
 
-def tune(p) -> tuple[str, dict, dict]:
+def diagnose(p, name: str, settings: dict) -> list[dict]:
+    """Per slice: ground truth and propagated pixels, their Dice, SAM's IoU estimate, and the
+    Dice and estimate of SAM with the ground-truth box on that slice (plain SAM)."""
     from casam.propagate import PropagateSettings, propagate
 
-    vol, gt = axial_volume("CT spleen")
+    vol, gt = axial_volume(name)
     k = int(np.argmax(gt.sum((1, 2))))
+    r = propagate(p, vol, k, box=box_of(gt[k]), task="sam", settings=PropagateSettings(**settings))
+    score = {x.index: x.score for x in r.slices}
+    rows = []
+    for j in range(len(vol)):
+        row = {"slice": j, "gt_px": int(gt[j].sum()), "px": int(r.masks[j].sum())}
+        row.update(dice=dice(r.masks[j], gt[j]), score=score.get(j, float("nan")))
+        if gt[j].any():
+            b = p.predict_embedding(p.embed(vol[j]), box_of(gt[j]), "sam")
+            row.update(gt_box_dice=dice(b.masks[0], gt[j]), gt_box_score=float(b.scores[0]))
+        rows.append(row)
+    return rows
+
+
+def tune(p) -> tuple[str, dict, dict]:
+    """Every candidate on every validation volume; the best mean 3-D Dice wins."""
+    from casam.propagate import PropagateSettings, propagate
+
+    data = {n: axial_volume(n) for n in VALIDATION}
     scores = {}
     for label, kw in CANDIDATES.items():
-        r = propagate(p, vol, k, box=box_of(gt[k]), task="sam", settings=PropagateSettings(**kw))
-        scores[label] = dice(r.masks, gt)
-        print(f"  validation CT spleen, {label}: Dice {scores[label]:.3f}", flush=True)
-    best = max(scores, key=scores.get)
+        scores[label] = {}
+        for n, (vol, gt) in data.items():
+            k = int(np.argmax(gt.sum((1, 2))))
+            s = PropagateSettings(**kw)
+            r = propagate(p, vol, k, box=box_of(gt[k]), task="sam", settings=s)
+            scores[label][n] = dice(r.masks, gt)
+        scores[label]["mean"] = float(np.mean(list(scores[label].values())))
+        print(f"  validation, {label}: {json.dumps(scores[label])}", flush=True)
+    best = max(scores, key=lambda c: scores[c]["mean"])
     return best, CANDIDATES[best], scores
 
 
@@ -193,11 +233,18 @@ def timings(p, name: str) -> dict:
     return out
 
 
-def learned_sections(p, p_box, res: dict, save, settings: dict) -> None:
+def learned_sections(p, p_box, res: dict, save, settings: dict, sections) -> None:
     """Sections 4-6: tasks learned with and without click prompts, their 3-D and clicks."""
     import datasets
 
     tasks = {t.name: t for t in datasets.load_tasks()}
+    if "learned" in sections:
+        learned_three_d(p, p_box, tasks, res, save, settings)
+    if "clicks" in sections:
+        clicks_section(p, tasks, res, save)
+
+
+def learned_three_d(p, p_box, tasks, res: dict, save, settings: dict) -> None:
     print("4. tasks (default schedule), with and without click prompts", flush=True)
     res["box_only_check"] = {}
     for name in LEARN_TASKS:
@@ -214,9 +261,13 @@ def learned_sections(p, p_box, res: dict, save, settings: dict) -> None:
     print("5. 3-D from one box, learned tasks", flush=True)
     for name, (_, _, _, task) in VOLUMES.items():
         if task is not None:
-            res["three_d"][name]["learned task (routed)"] = three_d(p, name, "auto", settings)
-            print(f"  {name}: {json.dumps(res['three_d'][name])}", flush=True)
+            row = res.setdefault("three_d", {}).setdefault(name, {"role": VOLUMES[name][2]})
+            row["learned task (routed)"] = three_d(p, name, "auto", settings)
+            print(f"  {name}: {json.dumps(row['learned task (routed)'])}", flush=True)
             save()
+
+
+def clicks_section(p, tasks, res: dict, save) -> None:
     print("6. clicks to quality (test splits)", flush=True)
     res["clicks"] = {}
     for name in CLICK_TASKS:
@@ -228,41 +279,65 @@ def learned_sections(p, p_box, res: dict, save, settings: dict) -> None:
         save()
 
 
+SECTIONS = ("diagnose", "tune", "plain", "times", "learned", "clicks")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "interactive.json"))
+    ap.add_argument("--only", nargs="+", choices=SECTIONS, help="run these sections only")
+    ap.add_argument("--times-only", action="store_true", help="only the times (= --only times)")
     args = ap.parse_args(argv)
+    sections = ["times"] if args.times_only else (args.only or list(SECTIONS))
 
     from casam.predictor import Predictor
 
-    res = {"machine": machine()}
     out = Path(args.out)
+    keep = out.exists() and (args.only or args.times_only)
+    res = json.loads(out.read_text()) if keep else {}
+    res["machine"] = machine()
 
     def save() -> None:  # after every section: a slow machine still leaves what was measured
         res["load_avg_1m_now"] = round(os.getloadavg()[0], 2)
         out.write_text(json.dumps(res, indent=1, default=str))
 
     p = Predictor(library=LIB, disk_cache=EMB_CACHE)
-    p_box = Predictor(backbone=p.backbone, library=LIB_BOX_ONLY, disk_cache=EMB_CACHE)
-    print("1. propagation settings, on the validation volume", flush=True)
-    best, settings, res["tuning"] = tune(p)
-    res["chosen_settings"] = best
-    save()
-    print("2. 3-D from one box, plain SAM", flush=True)
-    res["three_d"] = {}
-    for name, (_, _, role, _) in VOLUMES.items():
-        res["three_d"][name] = {"role": role, "plain SAM": three_d(p, name, "sam", settings)}
-        print(f"  {name}: {json.dumps(res['three_d'][name])}", flush=True)
+    settings = CANDIDATES["defaults"]
+    if "diagnose" in sections:
+        print("0. per-slice diagnosis, validation volumes, settings before", flush=True)
+        res["diagnosis"] = {n: diagnose(p, n, BEFORE) for n in VALIDATION}
         save()
-    print("3. times", flush=True)
-    res["times"] = timings(p, "MR liver")
-    print(f"  {res['times']}", flush=True)
-    save()
-    learned_sections(p, p_box, res, save, settings)
-    res["finished"] = True
+    if "tune" in sections:
+        print("1. propagation settings, on the validation volumes", flush=True)
+        best, _, res["tuning"] = tune(p)
+        res["best_on_validation"] = best
+        save()
+    if "plain" in sections:
+        plain_section(p, res, save, settings)
+    if "times" in sections:
+        print("3. times", flush=True)
+        res["times"] = timings(p, "MR liver")
+        print(f"  {res['times']}", flush=True)
+        save()
+    if "learned" in sections or "clicks" in sections:
+        p_box = Predictor(backbone=p.backbone, library=LIB_BOX_ONLY, disk_cache=EMB_CACHE)
+        learned_sections(p, p_box, res, save, settings, sections)
+    res["finished"] = sections
     save()
     print(f"wrote {out}")
     return 0
+
+
+def plain_section(p, res: dict, save, settings: dict) -> None:
+    print("2. 3-D from one box, plain SAM", flush=True)
+    res["three_d"] = res.get("three_d", {})
+    for name, (_, _, role, _) in VOLUMES.items():
+        row = res["three_d"].get(name, {})
+        row.update(role=role)
+        row["plain SAM"] = three_d(p, name, "sam", settings, before=True)
+        res["three_d"][name] = row
+        print(f"  {name}: {json.dumps(row['plain SAM'])}", flush=True)
+        save()
 
 
 if __name__ == "__main__":
