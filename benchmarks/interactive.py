@@ -230,6 +230,7 @@ def timings(p, name: str) -> dict:
         ts.append(time.perf_counter() - t)
     out["click_ms_cached"] = float(np.median(ts[1:]) * 1000)
     out["load_avg_1m"] = round(os.getloadavg()[0], 2)
+    out["machine"] = machine()
     return out
 
 
@@ -279,6 +280,13 @@ def clicks_section(p, tasks, res: dict, save) -> None:
         save()
 
 
+def merge(dst: dict, src: dict) -> dict:
+    """``src`` into ``dst``, nested dicts key by key (sections run apart share the file)."""
+    for k, v in src.items():
+        dst[k] = merge(dst[k], v) if isinstance(v, dict) and isinstance(dst.get(k), dict) else v
+    return dst
+
+
 SECTIONS = ("diagnose", "tune", "plain", "times", "learned", "clicks")
 
 
@@ -293,13 +301,13 @@ def main(argv=None) -> int:
     from casam.predictor import Predictor
 
     out = Path(args.out)
-    keep = out.exists() and (args.only or args.times_only)
-    res = json.loads(out.read_text()) if keep else {}
-    res["machine"] = machine()
+    keep = bool(args.only or args.times_only)  # other sections' results stay in the file
+    res = {"machine": machine()}
 
     def save() -> None:  # after every section: a slow machine still leaves what was measured
         res["load_avg_1m_now"] = round(os.getloadavg()[0], 2)
-        out.write_text(json.dumps(res, indent=1, default=str))
+        cur = json.loads(out.read_text()) if keep and out.exists() else {}
+        out.write_text(json.dumps(merge(cur, res), indent=1, default=str))
 
     p = Predictor(library=LIB, disk_cache=EMB_CACHE)
     settings = CANDIDATES["defaults"]
@@ -322,7 +330,7 @@ def main(argv=None) -> int:
     if "learned" in sections or "clicks" in sections:
         p_box = Predictor(backbone=p.backbone, library=LIB_BOX_ONLY, disk_cache=EMB_CACHE)
         learned_sections(p, p_box, res, save, settings, sections)
-    res["finished"] = sections
+    res["finished"] = {n: res["machine"]["date"] for n in sections}
     save()
     print(f"wrote {out}")
     return 0

@@ -10,6 +10,11 @@ keeping the slice that triggered the stop, when (:func:`stop_reason`):
 - ``low score``: SAM's own IoU estimate is below ``min_score`` (it no longer sees an object);
 - ``collapse``: the area fell below ``min_shrink`` x the neighbour's area;
 - ``area jump``: the area grew above ``max_growth`` x the neighbour's (leaking into a neighbour);
+- ``appearance``: the mean intensity inside the mask is more than ``max_shift`` of the seed mask's
+  standard deviations away from the seed mask's mean (past the organ's end SAM still finds
+  *something* in the box, with a confident score, but it is another tissue);
+- ``score drop``, ``no overlap``: SAM's estimate below ``min_score_ratio`` x the seed's, IoU with
+  the neighbour's mask below ``min_overlap`` (measured, off by default);
 - ``edited``: the next slice is in ``locked`` (edited by hand: kept as it is);
 - ``end of volume``.
 
@@ -50,7 +55,7 @@ class PropagateSettings:
     """Stop when SAM's IoU estimate falls below this fraction of the seed slice's ("score drop")."""
     min_overlap: float = 0.0
     """Stop when the mask's IoU with the neighbour's mask falls below this ("no overlap")."""
-    max_shift: float = float("inf")
+    max_shift: float = 2.0
     """Stop when the mean intensity in the mask moves more than this many of the seed mask's
     standard deviations away from the seed mask's mean ("appearance")."""
     box_momentum: float = 0.0

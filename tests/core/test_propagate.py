@@ -261,3 +261,13 @@ def test_no_prompt_and_empty_seed_are_refused():
         propagate(FakePredictor(), v, 10)
     with pytest.raises(InputError, match="empty mask"):
         propagate(FakePredictor(), v, 0, box=[30, 30, 40, 40])
+
+
+def test_the_default_settings_stop_where_the_tissue_changes():
+    """Past an organ's end SAM keeps finding something in the box: the default stops on the
+    intensity shift even though size and score would let it run on."""
+    v = ball_volume(radius=9.0)
+    v[14][v[14] >= 100] = 600  # slice 14: the same place, another tissue
+    r = propagate(FakePredictor(), v, 10, box=gt_box(v, 10), settings=PropagateSettings(prefetch=0))
+    assert r.stops["up"] == "appearance at 14" and max(r.indices) == 13
+    assert r.stops["down"].startswith("empty at")
