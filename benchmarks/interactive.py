@@ -60,12 +60,29 @@ BEFORE = {
     "max_shift": float("inf"),
     "box_momentum": 0.0,
 }
-CANDIDATES = {  # propagation settings tried on the validation volumes ({}: today's defaults)
-    "before: no relative stop rules": BEFORE,
-    "fixed 10% margin": {**BEFORE, "seed_margins": False, "box_margin": 0.1, "box_pad": 0.0},
-    "before + neighbour's logits": {**BEFORE, "use_logits": True},
-    "before + interior point": {**BEFORE, "interior_point": True},
-    "defaults": {},
+#: How the box is carried to the next slice: each is run once per validation volume with no
+#: stop rule, then every stop rule of STOP_RULES is applied to that run (exact: a stop rule only
+#: ends a direction, it never changes a slice before it).
+CARRY = {
+    "seed margins + 2 px": {},
+    "fixed 10% margin": {"seed_margins": False, "box_margin": 0.1, "box_pad": 0.0},
+    "seed margins + neighbour's logits": {"use_logits": True},
+    "seed margins + interior point": {"interior_point": True},
+    "seed margins, box momentum 0.5": {"box_momentum": 0.5},
+}
+_OFF = {"min_score": 0.0, "min_shrink": 1e-6, "max_growth": 1e6}
+STOP_RULES = {
+    "before: empty, score < 0.5, area x0.2 / x2": {},
+    "score < 0.7": {"min_score": 0.7},
+    "score < 0.85 x seed's": {"min_score_ratio": 0.85},
+    "score < 0.9 x seed's": {"min_score_ratio": 0.9},
+    "IoU with neighbour < 0.5": {"min_overlap": 0.5},
+    "IoU with neighbour < 0.6": {"min_overlap": 0.6},
+    "intensity shift > 1 SD": {"max_shift": 1.0},
+    "intensity shift > 1.5 SD": {"max_shift": 1.5},
+    "intensity shift > 2 SD (default)": {"max_shift": 2.0},
+    "intensity shift > 3 SD": {"max_shift": 3.0},
+    "shift > 2 SD + IoU < 0.6": {"max_shift": 2.0, "min_overlap": 0.6},
 }
 
 
@@ -100,20 +117,23 @@ def interpolated_boxes(gt: np.ndarray) -> dict[int, np.ndarray]:
     return {k: a + (b - a) * (k - ks[0]) / max(1, ks[-1] - ks[0]) for k in range(ks[0], ks[-1] + 1)}
 
 
-def three_d(p, name: str, task, settings: dict, before: bool = False) -> dict:
+def three_d(p, name: str, task, settings: dict, before: bool = False, known=None) -> dict:
     """One box on the largest slice, propagated (per-slice and, with a routed task, majority
     routing), beside the every-slice bound and interpolation; ``before``: also the settings of
-    the first implementation."""
+    the first implementation. ``known``: figures that do not depend on the settings, from an
+    earlier run of the same code (``--reuse``), not computed again."""
     from casam.propagate import PropagateSettings, propagate
 
     vol, gt = axial_volume(name)
     k = int(np.argmax(gt.sum((1, 2))))
     every = {j: box_of(gt[j]) for j in range(len(gt)) if gt[j].any()}
-    row = {"slices": len(vol), "seed": k, "task": task}
-    row["gt_box_every_slice"] = dice(per_slice_boxes(p, vol, every, task), gt)
-    row["interpolated_boxes"] = dice(per_slice_boxes(p, vol, interpolated_boxes(gt), task), gt)
+    row = {"slices": len(vol), "seed": k, "task": task, **(known or {})}
+    if "gt_box_every_slice" not in row:
+        row["gt_box_every_slice"] = dice(per_slice_boxes(p, vol, every, task), gt)
+    if "interpolated_boxes" not in row:
+        row["interpolated_boxes"] = dice(per_slice_boxes(p, vol, interpolated_boxes(gt), task), gt)
     runs = [(r, settings, "") for r in (("slice", "majority") if task == "auto" else ("slice",))]
-    runs += [("slice", BEFORE, "_before")] if before else []
+    runs += [("slice", BEFORE, "_before")] if before and "one_box_slice_before" not in row else []
     for routing, kw, suffix in runs:
         s = PropagateSettings(**{**kw, "routing": routing})
         r = propagate(p, vol, k, box=box_of(gt[k]), task=task, settings=s)
@@ -143,23 +163,53 @@ def diagnose(p, name: str, settings: dict) -> list[dict]:
     return rows
 
 
-def tune(p) -> tuple[str, dict, dict]:
-    """Every candidate on every validation volume; the best mean 3-D Dice wins."""
+def no_stop_run(p, vol, gt, carry: dict) -> dict:
+    """Propagation with every stop rule off but ``empty`` (masks, SAM scores, seed)."""
     from casam.propagate import PropagateSettings, propagate
 
+    k = int(np.argmax(gt.sum((1, 2))))
+    kw = {**BEFORE, **carry, **_OFF, "min_pixels": 1}
+    r = propagate(p, vol, k, box=box_of(gt[k]), task="sam", settings=PropagateSettings(**kw))
+    return {"masks": r.masks, "scores": {x.index: x.score for x in r.slices}, "seed": k}
+
+
+def apply_stops(vol, gt, run: dict, rules: dict) -> tuple[float, dict]:
+    """3-D Dice of ``run`` cut where the stop ``rules`` (PropagateSettings fields) end it."""
+    from casam.propagate import PropagateSettings, appearance, overlap, stop_reason
+
+    s = PropagateSettings(**{**BEFORE, **rules})
+    m, k, scores = run["masks"], run["seed"], run["scores"]
+    mean, sd = appearance(vol[k], m[k])
+    kept, stops = np.zeros_like(m), {}
+    kept[k] = m[k]
+    for d, name in ((1, "up"), (-1, "down")):
+        j, why = k + d, None
+        while j in scores and not why:
+            shift = abs(appearance(vol[j], m[j])[0] - mean) / max(sd, 1e-6)
+            why = stop_reason(
+                int(m[j].sum()), scores[j], int(m[j - d].sum()), s, scores[k],
+                overlap(m[j], m[j - d]), shift,
+            )  # fmt: skip
+            kept[j] = m[j] if not why else kept[j]
+            j += d
+        stops[name] = f"{why} at {j - d}" if why else "end of volume"
+    return dice(kept, gt), stops
+
+
+def tune(p) -> dict:
+    """Every (carry, stop rule) pair on every validation volume: mean 3-D Dice."""
     data = {n: axial_volume(n) for n in VALIDATION}
-    scores = {}
-    for label, kw in CANDIDATES.items():
-        scores[label] = {}
-        for n, (vol, gt) in data.items():
-            k = int(np.argmax(gt.sum((1, 2))))
-            s = PropagateSettings(**kw)
-            r = propagate(p, vol, k, box=box_of(gt[k]), task="sam", settings=s)
-            scores[label][n] = dice(r.masks, gt)
-        scores[label]["mean"] = float(np.mean(list(scores[label].values())))
-        print(f"  validation, {label}: {json.dumps(scores[label])}", flush=True)
-    best = max(scores, key=lambda c: scores[c]["mean"])
-    return best, CANDIDATES[best], scores
+    out = {}
+    for carry, ckw in CARRY.items():
+        runs = {n: no_stop_run(p, *data[n], ckw) for n in VALIDATION}
+        for rule, rkw in STOP_RULES.items():
+            cut = {n: apply_stops(*data[n], runs[n], rkw) for n in VALIDATION}
+            row = {n: d for n, (d, _) in cut.items()}
+            row["mean"] = float(np.mean(list(row.values())))
+            row["stops"] = {n: st for n, (_, st) in cut.items()}
+            out[f"{carry} | {rule}"] = row
+            print(f"  {row['mean']:.3f}  {carry} | {rule}", flush=True)
+    return out
 
 
 def clicks_to_quality(p, pairs, task, n_max: int = 20, most: int = 6) -> dict:
@@ -295,6 +345,13 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "interactive.json"))
     ap.add_argument("--only", nargs="+", choices=SECTIONS, help="run these sections only")
     ap.add_argument("--times-only", action="store_true", help="only the times (= --only times)")
+    ap.add_argument(
+        "--reuse",
+        metavar="JSON",
+        help="{volume: {'plain SAM': {figure: value}}}: settings-independent plain-SAM figures "
+        "(gt_box_every_slice, interpolated_boxes, one_box_slice_before) of an earlier run",
+    )
+    ap.add_argument("--volumes", nargs="+", choices=list(VOLUMES), help="volumes of section 2")
     args = ap.parse_args(argv)
     sections = ["times"] if args.times_only else (args.only or list(SECTIONS))
 
@@ -310,18 +367,19 @@ def main(argv=None) -> int:
         out.write_text(json.dumps(merge(cur, res), indent=1, default=str))
 
     p = Predictor(library=LIB, disk_cache=EMB_CACHE)
-    settings = CANDIDATES["defaults"]
+    settings = {}  # PropagateSettings' defaults, chosen by the tuning section
     if "diagnose" in sections:
         print("0. per-slice diagnosis, validation volumes, settings before", flush=True)
         res["diagnosis"] = {n: diagnose(p, n, BEFORE) for n in VALIDATION}
         save()
     if "tune" in sections:
         print("1. propagation settings, on the validation volumes", flush=True)
-        best, _, res["tuning"] = tune(p)
-        res["best_on_validation"] = best
+        res["tuning"] = tune(p)
+        res["best_on_validation"] = max(res["tuning"], key=lambda c: res["tuning"][c]["mean"])
         save()
     if "plain" in sections:
-        plain_section(p, res, save, settings)
+        reuse = json.loads(Path(args.reuse).read_text()) if args.reuse else {}
+        plain_section(p, res, save, settings, reuse, args.volumes or list(VOLUMES))
     if "times" in sections:
         print("3. times", flush=True)
         res["times"] = timings(p, "MR liver")
@@ -336,13 +394,14 @@ def main(argv=None) -> int:
     return 0
 
 
-def plain_section(p, res: dict, save, settings: dict) -> None:
-    print("2. 3-D from one box, plain SAM", flush=True)
+def plain_section(p, res: dict, save, settings: dict, reuse: dict, volumes) -> None:
+    print("2. 3-D from one box, plain SAM (test volumes first)", flush=True)
     res["three_d"] = res.get("three_d", {})
-    for name, (_, _, role, _) in VOLUMES.items():
+    for name in sorted(volumes, key=lambda n: VOLUMES[n][2] != "test"):
         row = res["three_d"].get(name, {})
-        row.update(role=role)
-        row["plain SAM"] = three_d(p, name, "sam", settings, before=True)
+        row.update(role=VOLUMES[name][2])
+        known = reuse.get(name, {}).get("plain SAM", {})
+        row["plain SAM"] = three_d(p, name, "sam", settings, before=True, known=known)
         res["three_d"][name] = row
         print(f"  {name}: {json.dumps(row['plain SAM'])}", flush=True)
         save()
