@@ -1,21 +1,24 @@
 """Interactive 3-D: one box through a volume (propagation), clicks to quality, and their times.
 
     nice -n 10 python benchmarks/interactive.py [--out benchmarks/results/interactive.json]
+    nice -n 10 python benchmarks/interactive.py --only tune plain   # some sections; they merge
+    nice -n 10 python benchmarks/interactive.py --times-only        # the times of record only
 
-Volumes (real, see datasets.py): CT spleen (example_ct_sm) is the VALIDATION volume the
-propagation settings are chosen on; CT liver (example_ct), MR liver and MR spleen
-(example_mr_sm) and the tumours of the test cases (lung1, brain2) are reported. Each volume is
-its axial slices from 3 slices before the structure's first to 3 after its last.
+Volumes (real, see datasets.py), axial slices from 3 before the structure's first to 3 after its
+last. VALIDATION (the propagation settings are chosen here only): CT spleen (example_ct_sm), CT
+right and left kidney (example_ct), MR right kidney (example_mr_sm). TEST: CT liver, MR liver,
+MR spleen and the tumours of the test cases (lung1, brain2).
 
-- 3-D from one box: the ground-truth box on the slice of largest area, propagated; beside it the
-  bound "a ground-truth box on every slice" and linear interpolation of the boxes of the first and
-  last slice. Plain SAM and the learned task (routed per slice, and by volume majority).
-- Clicks: from the ground-truth box, each next click at the centre of the largest error region;
-  IoU after 1, 3, 5 clicks, NoC@85/90 capped at 20, on the test split of each task's slices.
-- Tasks are learned with the default LearnSettings on each task's training split
-  (datasets.load_tasks), once with point prompts (point_share 0.3, the default) and, for the
-  box-only check, once without (point_share 0); both are scored with boxes on the test split.
-- Times: propagation s/slice uncached and cached; a click to an updated mask on a cached slice.
+Sections: ``diagnose`` (per slice, validation: propagated vs ground truth, SAM's estimate, SAM
+with the GT box), ``tune`` (each way of carrying the box run once with no stop rule, then cut by
+each stop rule: exact, a stop only ends a direction), ``plain`` (3-D from one box with plain
+SAM, beside the bound "GT box on every slice" and interpolation of the boxes of the first and
+last slice), ``times`` (propagation s/slice uncached and cached, a click on a cached slice),
+``learned`` (the box-only check of tasks learned with and without click prompts, and the learned
+tasks' 3-D routed per slice and by volume majority) and ``clicks`` (IoU after 1, 3, 5 clicks at
+the centre of the largest error region, NoC@85/90 capped at 20, on each task's test split).
+Tasks are learned with the default LearnSettings on each task's training split
+(datasets.load_tasks), with point prompts (point_share 0.3) and, for the box-only check, without.
 """
 
 from __future__ import annotations
