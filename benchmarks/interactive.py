@@ -1,21 +1,24 @@
 """Interactive 3-D: one box through a volume (propagation), clicks to quality, and their times.
 
     nice -n 10 python benchmarks/interactive.py [--out benchmarks/results/interactive.json]
+    nice -n 10 python benchmarks/interactive.py --only tune plain   # some sections; they merge
+    nice -n 10 python benchmarks/interactive.py --times-only        # the times of record only
 
-Volumes (real, see datasets.py): CT spleen (example_ct_sm) is the VALIDATION volume the
-propagation settings are chosen on; CT liver (example_ct), MR liver and MR spleen
-(example_mr_sm) and the tumours of the test cases (lung1, brain2) are reported. Each volume is
-its axial slices from 3 slices before the structure's first to 3 after its last.
+Volumes (real, see datasets.py), axial slices from 3 before the structure's first to 3 after its
+last. VALIDATION (the propagation settings are chosen here only): CT spleen (example_ct_sm), CT
+right and left kidney (example_ct), MR right kidney (example_mr_sm). TEST: CT liver, MR liver,
+MR spleen and the tumours of the test cases (lung1, brain2).
 
-- 3-D from one box: the ground-truth box on the slice of largest area, propagated; beside it the
-  bound "a ground-truth box on every slice" and linear interpolation of the boxes of the first and
-  last slice. Plain SAM and the learned task (routed per slice, and by volume majority).
-- Clicks: from the ground-truth box, each next click at the centre of the largest error region;
-  IoU after 1, 3, 5 clicks, NoC@85/90 capped at 20, on the test split of each task's slices.
-- Tasks are learned with the default LearnSettings on each task's training split
-  (datasets.load_tasks), once with point prompts (point_share 0.3, the default) and, for the
-  box-only check, once without (point_share 0); both are scored with boxes on the test split.
-- Times: propagation s/slice uncached and cached; a click to an updated mask on a cached slice.
+Sections: ``diagnose`` (per slice, validation: propagated vs ground truth, SAM's estimate, SAM
+with the GT box), ``tune`` (each way of carrying the box run once with no stop rule, then cut by
+each stop rule: exact, a stop only ends a direction), ``plain`` (3-D from one box with plain
+SAM, beside the bound "GT box on every slice" and interpolation of the boxes of the first and
+last slice), ``times`` (propagation s/slice uncached and cached, a click on a cached slice),
+``learned`` (the box-only check of tasks learned with and without click prompts, and the learned
+tasks' 3-D routed per slice and by volume majority) and ``clicks`` (IoU after 1, 3, 5 clicks at
+the centre of the largest error region, NoC@85/90 capped at 20, on each task's test split).
+Tasks are learned with the default LearnSettings on each task's training split
+(datasets.load_tasks), with point prompts (point_share 0.3) and, for the box-only check, without.
 """
 
 from __future__ import annotations
@@ -35,27 +38,54 @@ from _common import EMB_CACHE, box_of, heldout_iou, machine  # noqa: E402
 
 LIB = Path("~/.cache/napari-casam/bench-interactive-lib").expanduser()
 LIB_BOX_ONLY = LIB.with_name("bench-interactive-lib-box-only")
+CT_FULL = ("example_ct.nii.gz", "example_seg_fast_force_split.nii.gz")
+MR_SM = ("example_mr_sm.nii.gz", "example_seg_mr.nii.gz")
 LEARN_TASKS = ("CT liver", "MR liver")  # learned with click prompts (point_share 0.3)
 BOX_ONLY_TASKS = ("CT liver",)  # also learned without, for the box-only check
 CLICK_TASKS = ("CT liver", "MR liver")
 VOLUMES = {  # name: (reader args, label, role, task)
     "CT spleen": (("example_ct_sm.nii.gz", "example_seg.nii.gz"), 1, "validation", None),
-    "CT liver": (
-        ("example_ct.nii.gz", "example_seg_fast_force_split.nii.gz"),
-        5,
-        "test",
-        "CT liver",
-    ),
-    "MR liver": (("example_mr_sm.nii.gz", "example_seg_mr.nii.gz"), 5, "test", "MR liver"),
-    "MR spleen": (("example_mr_sm.nii.gz", "example_seg_mr.nii.gz"), 1, "test", None),
+    "CT kidney R": (CT_FULL, 2, "validation", None),
+    "CT kidney L": (CT_FULL, 3, "validation", None),
+    "MR kidney R": (MR_SM, 2, "validation", None),
+    "CT liver": (CT_FULL, 5, "test", "CT liver"),
+    "MR liver": (MR_SM, 5, "test", "MR liver"),
+    "MR spleen": (MR_SM, 1, "test", None),
     "CT lung tumour (lung1)": ("lung1", 1, "test", None),
     "MR brain tumour (brain2)": ("brain2", 1, "test", None),
 }
-CANDIDATES = {  # propagation settings tried on the validation volume
-    "seed margins + 2 px (default)": {},
+VALIDATION = [n for n, v in VOLUMES.items() if v[2] == "validation"]
+#: The stop rules and box carrying of the first implementation (before this benchmark's
+#: diagnosis): the rows "before" in docs/benchmark-interactive.md.
+BEFORE = {
+    "min_score_ratio": 0.0,
+    "min_overlap": 0.0,
+    "max_shift": float("inf"),
+    "box_momentum": 0.0,
+}
+#: How the box is carried to the next slice: each is run once per validation volume with no
+#: stop rule, then every stop rule of STOP_RULES is applied to that run (exact: a stop rule only
+#: ends a direction, it never changes a slice before it).
+CARRY = {
+    "seed margins + 2 px": {},
     "fixed 10% margin": {"seed_margins": False, "box_margin": 0.1, "box_pad": 0.0},
-    "seed margins + logits": {"use_logits": True},
+    "seed margins + neighbour's logits": {"use_logits": True},
     "seed margins + interior point": {"interior_point": True},
+    "seed margins, box momentum 0.5": {"box_momentum": 0.5},
+}
+_OFF = {"min_score": 0.0, "min_shrink": 1e-6, "max_growth": 1e6}
+STOP_RULES = {
+    "before: empty, score < 0.5, area x0.2 / x2": {},
+    "score < 0.7": {"min_score": 0.7},
+    "score < 0.85 x seed's": {"min_score_ratio": 0.85},
+    "score < 0.9 x seed's": {"min_score_ratio": 0.9},
+    "IoU with neighbour < 0.5": {"min_overlap": 0.5},
+    "IoU with neighbour < 0.6": {"min_overlap": 0.6},
+    "intensity shift > 1 SD": {"max_shift": 1.0},
+    "intensity shift > 1.5 SD": {"max_shift": 1.5},
+    "intensity shift > 2 SD (default)": {"max_shift": 2.0},
+    "intensity shift > 3 SD": {"max_shift": 3.0},
+    "shift > 2 SD + IoU < 0.6": {"max_shift": 2.0, "min_overlap": 0.6},
 }
 
 
@@ -90,36 +120,99 @@ def interpolated_boxes(gt: np.ndarray) -> dict[int, np.ndarray]:
     return {k: a + (b - a) * (k - ks[0]) / max(1, ks[-1] - ks[0]) for k in range(ks[0], ks[-1] + 1)}
 
 
-def three_d(p, name: str, task, settings) -> dict:
+def three_d(p, name: str, task, settings: dict, before: bool = False, known=None) -> dict:
+    """One box on the largest slice, propagated (per-slice and, with a routed task, majority
+    routing), beside the every-slice bound and interpolation; ``before``: also the settings of
+    the first implementation. ``known``: figures that do not depend on the settings, from an
+    earlier run of the same code (``--reuse``), not computed again."""
     from casam.propagate import PropagateSettings, propagate
 
     vol, gt = axial_volume(name)
     k = int(np.argmax(gt.sum((1, 2))))
     every = {j: box_of(gt[j]) for j in range(len(gt)) if gt[j].any()}
-    row = {"slices": len(vol), "seed": k, "task": task}
-    row["gt_box_every_slice"] = dice(per_slice_boxes(p, vol, every, task), gt)
-    row["interpolated_boxes"] = dice(per_slice_boxes(p, vol, interpolated_boxes(gt), task), gt)
-    for routing in ("slice", "majority") if task == "auto" else ("slice",):
-        s = PropagateSettings(**{**settings, "routing": routing})
+    row = {"slices": len(vol), "seed": k, "task": task, **(known or {})}
+    if "gt_box_every_slice" not in row:
+        row["gt_box_every_slice"] = dice(per_slice_boxes(p, vol, every, task), gt)
+    if "interpolated_boxes" not in row:
+        row["interpolated_boxes"] = dice(per_slice_boxes(p, vol, interpolated_boxes(gt), task), gt)
+    runs = [(r, settings, "") for r in (("slice", "majority") if task == "auto" else ("slice",))]
+    runs += [("slice", BEFORE, "_before")] if before and "one_box_slice_before" not in row else []
+    for routing, kw, suffix in runs:
+        s = PropagateSettings(**{**kw, "routing": routing})
         r = propagate(p, vol, k, box=box_of(gt[k]), task=task, settings=s)
-        row[f"one_box_{routing}"] = dice(r.masks, gt)
-        row[f"stops_{routing}"] = r.stops
-        row[f"tasks_{routing}"] = {str(t): n for t, n in r.tasks.items()}
+        row[f"one_box_{routing}{suffix}"] = dice(r.masks, gt)
+        row[f"stops_{routing}{suffix}"] = r.stops
+        row[f"tasks_{routing}{suffix}"] = {str(t): n for t, n in r.tasks.items()}
     return row
 
 
-def tune(p) -> tuple[str, dict, dict]:
+def diagnose(p, name: str, settings: dict) -> list[dict]:
+    """Per slice: ground truth and propagated pixels, their Dice, SAM's IoU estimate, and the
+    Dice and estimate of SAM with the ground-truth box on that slice (plain SAM)."""
     from casam.propagate import PropagateSettings, propagate
 
-    vol, gt = axial_volume("CT spleen")
+    vol, gt = axial_volume(name)
     k = int(np.argmax(gt.sum((1, 2))))
-    scores = {}
-    for label, kw in CANDIDATES.items():
-        r = propagate(p, vol, k, box=box_of(gt[k]), task="sam", settings=PropagateSettings(**kw))
-        scores[label] = dice(r.masks, gt)
-        print(f"  validation CT spleen, {label}: Dice {scores[label]:.3f}", flush=True)
-    best = max(scores, key=scores.get)
-    return best, CANDIDATES[best], scores
+    r = propagate(p, vol, k, box=box_of(gt[k]), task="sam", settings=PropagateSettings(**settings))
+    score = {x.index: x.score for x in r.slices}
+    rows = []
+    for j in range(len(vol)):
+        row = {"slice": j, "gt_px": int(gt[j].sum()), "px": int(r.masks[j].sum())}
+        row.update(dice=dice(r.masks[j], gt[j]), score=score.get(j, float("nan")))
+        if gt[j].any():
+            b = p.predict_embedding(p.embed(vol[j]), box_of(gt[j]), "sam")
+            row.update(gt_box_dice=dice(b.masks[0], gt[j]), gt_box_score=float(b.scores[0]))
+        rows.append(row)
+    return rows
+
+
+def no_stop_run(p, vol, gt, carry: dict) -> dict:
+    """Propagation with every stop rule off but ``empty`` (masks, SAM scores, seed)."""
+    from casam.propagate import PropagateSettings, propagate
+
+    k = int(np.argmax(gt.sum((1, 2))))
+    kw = {**BEFORE, **carry, **_OFF, "min_pixels": 1}
+    r = propagate(p, vol, k, box=box_of(gt[k]), task="sam", settings=PropagateSettings(**kw))
+    return {"masks": r.masks, "scores": {x.index: x.score for x in r.slices}, "seed": k}
+
+
+def apply_stops(vol, gt, run: dict, rules: dict) -> tuple[float, dict]:
+    """3-D Dice of ``run`` cut where the stop ``rules`` (PropagateSettings fields) end it."""
+    from casam.propagate import PropagateSettings, appearance, overlap, stop_reason
+
+    s = PropagateSettings(**{**BEFORE, **rules})
+    m, k, scores = run["masks"], run["seed"], run["scores"]
+    mean, sd = appearance(vol[k], m[k])
+    kept, stops = np.zeros_like(m), {}
+    kept[k] = m[k]
+    for d, name in ((1, "up"), (-1, "down")):
+        j, why = k + d, None
+        while j in scores and not why:
+            shift = abs(appearance(vol[j], m[j])[0] - mean) / max(sd, 1e-6)
+            why = stop_reason(
+                int(m[j].sum()), scores[j], int(m[j - d].sum()), s, scores[k],
+                overlap(m[j], m[j - d]), shift,
+            )  # fmt: skip
+            kept[j] = m[j] if not why else kept[j]
+            j += d
+        stops[name] = f"{why} at {j - d}" if why else "end of volume"
+    return dice(kept, gt), stops
+
+
+def tune(p) -> dict:
+    """Every (carry, stop rule) pair on every validation volume: mean 3-D Dice."""
+    data = {n: axial_volume(n) for n in VALIDATION}
+    out = {}
+    for carry, ckw in CARRY.items():
+        runs = {n: no_stop_run(p, *data[n], ckw) for n in VALIDATION}
+        for rule, rkw in STOP_RULES.items():
+            cut = {n: apply_stops(*data[n], runs[n], rkw) for n in VALIDATION}
+            row = {n: d for n, (d, _) in cut.items()}
+            row["mean"] = float(np.mean(list(row.values())))
+            row["stops"] = {n: st for n, (_, st) in cut.items()}
+            out[f"{carry} | {rule}"] = row
+            print(f"  {row['mean']:.3f}  {carry} | {rule}", flush=True)
+    return out
 
 
 def clicks_to_quality(p, pairs, task, n_max: int = 20, most: int = 6) -> dict:
@@ -190,14 +283,22 @@ def timings(p, name: str) -> dict:
         ts.append(time.perf_counter() - t)
     out["click_ms_cached"] = float(np.median(ts[1:]) * 1000)
     out["load_avg_1m"] = round(os.getloadavg()[0], 2)
+    out["machine"] = machine()
     return out
 
 
-def learned_sections(p, p_box, res: dict, save, settings: dict) -> None:
+def learned_sections(p, p_box, res: dict, save, settings: dict, sections) -> None:
     """Sections 4-6: tasks learned with and without click prompts, their 3-D and clicks."""
     import datasets
 
     tasks = {t.name: t for t in datasets.load_tasks()}
+    if "learned" in sections:
+        learned_three_d(p, p_box, tasks, res, save, settings)
+    if "clicks" in sections:
+        clicks_section(p, tasks, res, save)
+
+
+def learned_three_d(p, p_box, tasks, res: dict, save, settings: dict) -> None:
     print("4. tasks (default schedule), with and without click prompts", flush=True)
     res["box_only_check"] = {}
     for name in LEARN_TASKS:
@@ -214,9 +315,13 @@ def learned_sections(p, p_box, res: dict, save, settings: dict) -> None:
     print("5. 3-D from one box, learned tasks", flush=True)
     for name, (_, _, _, task) in VOLUMES.items():
         if task is not None:
-            res["three_d"][name]["learned task (routed)"] = three_d(p, name, "auto", settings)
-            print(f"  {name}: {json.dumps(res['three_d'][name])}", flush=True)
+            row = res.setdefault("three_d", {}).setdefault(name, {"role": VOLUMES[name][2]})
+            row["learned task (routed)"] = three_d(p, name, "auto", settings)
+            print(f"  {name}: {json.dumps(row['learned task (routed)'])}", flush=True)
             save()
+
+
+def clicks_section(p, tasks, res: dict, save) -> None:
     print("6. clicks to quality (test splits)", flush=True)
     res["clicks"] = {}
     for name in CLICK_TASKS:
@@ -228,41 +333,81 @@ def learned_sections(p, p_box, res: dict, save, settings: dict) -> None:
         save()
 
 
+def merge(dst: dict, src: dict) -> dict:
+    """``src`` into ``dst``, nested dicts key by key (sections run apart share the file)."""
+    for k, v in src.items():
+        dst[k] = merge(dst[k], v) if isinstance(v, dict) and isinstance(dst.get(k), dict) else v
+    return dst
+
+
+SECTIONS = ("diagnose", "tune", "plain", "times", "learned", "clicks")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "interactive.json"))
+    ap.add_argument("--only", nargs="+", choices=SECTIONS, help="run these sections only")
+    ap.add_argument("--times-only", action="store_true", help="only the times (= --only times)")
+    ap.add_argument(
+        "--reuse",
+        metavar="JSON",
+        help="{volume: {'plain SAM': {figure: value}}}: settings-independent plain-SAM figures "
+        "(gt_box_every_slice, interpolated_boxes, one_box_slice_before) of an earlier run",
+    )
+    ap.add_argument("--volumes", nargs="+", choices=list(VOLUMES), help="volumes of section 2")
     args = ap.parse_args(argv)
+    sections = ["times"] if args.times_only else (args.only or list(SECTIONS))
 
     from casam.predictor import Predictor
 
-    res = {"machine": machine()}
     out = Path(args.out)
+    keep = bool(args.only or args.times_only)  # other sections' results stay in the file
+    res = {"machine": machine()}
 
     def save() -> None:  # after every section: a slow machine still leaves what was measured
         res["load_avg_1m_now"] = round(os.getloadavg()[0], 2)
-        out.write_text(json.dumps(res, indent=1, default=str))
+        cur = json.loads(out.read_text()) if keep and out.exists() else {}
+        out.write_text(json.dumps(merge(cur, res), indent=1, default=str))
 
     p = Predictor(library=LIB, disk_cache=EMB_CACHE)
-    p_box = Predictor(backbone=p.backbone, library=LIB_BOX_ONLY, disk_cache=EMB_CACHE)
-    print("1. propagation settings, on the validation volume", flush=True)
-    best, settings, res["tuning"] = tune(p)
-    res["chosen_settings"] = best
-    save()
-    print("2. 3-D from one box, plain SAM", flush=True)
-    res["three_d"] = {}
-    for name, (_, _, role, _) in VOLUMES.items():
-        res["three_d"][name] = {"role": role, "plain SAM": three_d(p, name, "sam", settings)}
-        print(f"  {name}: {json.dumps(res['three_d'][name])}", flush=True)
+    settings = {}  # PropagateSettings' defaults, chosen by the tuning section
+    if "diagnose" in sections:
+        print("0. per-slice diagnosis, validation volumes, settings before", flush=True)
+        res["diagnosis"] = {n: diagnose(p, n, BEFORE) for n in VALIDATION}
         save()
-    print("3. times", flush=True)
-    res["times"] = timings(p, "MR liver")
-    print(f"  {res['times']}", flush=True)
-    save()
-    learned_sections(p, p_box, res, save, settings)
-    res["finished"] = True
+    if "tune" in sections:
+        print("1. propagation settings, on the validation volumes", flush=True)
+        res["tuning"] = tune(p)
+        res["best_on_validation"] = max(res["tuning"], key=lambda c: res["tuning"][c]["mean"])
+        save()
+    if "plain" in sections:
+        reuse = json.loads(Path(args.reuse).read_text()) if args.reuse else {}
+        plain_section(p, res, save, settings, reuse, args.volumes or list(VOLUMES))
+    if "times" in sections:
+        print("3. times", flush=True)
+        res["times"] = timings(p, "MR liver")
+        print(f"  {res['times']}", flush=True)
+        save()
+    if "learned" in sections or "clicks" in sections:
+        p_box = Predictor(backbone=p.backbone, library=LIB_BOX_ONLY, disk_cache=EMB_CACHE)
+        learned_sections(p, p_box, res, save, settings, sections)
+    res["finished"] = {n: res["machine"]["date"] for n in sections}
     save()
     print(f"wrote {out}")
     return 0
+
+
+def plain_section(p, res: dict, save, settings: dict, reuse: dict, volumes) -> None:
+    print("2. 3-D from one box, plain SAM (test volumes first)", flush=True)
+    res["three_d"] = res.get("three_d", {})
+    for name in sorted(volumes, key=lambda n: VOLUMES[n][2] != "test"):
+        row = res["three_d"].get(name, {})
+        row.update(role=VOLUMES[name][2])
+        known = reuse.get(name, {}).get("plain SAM", {})
+        row["plain SAM"] = three_d(p, name, "sam", settings, before=True, known=known)
+        res["three_d"][name] = row
+        print(f"  {name}: {json.dumps(row['plain SAM'])}", flush=True)
+        save()
 
 
 if __name__ == "__main__":

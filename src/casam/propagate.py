@@ -10,6 +10,11 @@ keeping the slice that triggered the stop, when (:func:`stop_reason`):
 - ``low score``: SAM's own IoU estimate is below ``min_score`` (it no longer sees an object);
 - ``collapse``: the area fell below ``min_shrink`` x the neighbour's area;
 - ``area jump``: the area grew above ``max_growth`` x the neighbour's (leaking into a neighbour);
+- ``appearance``: the mean intensity inside the mask is more than ``max_shift`` of the seed mask's
+  standard deviations away from the seed mask's mean (past the organ's end SAM still finds
+  *something* in the box, with a confident score, but it is another tissue);
+- ``score drop``, ``no overlap``: SAM's estimate below ``min_score_ratio`` x the seed's, IoU with
+  the neighbour's mask below ``min_overlap`` (measured, off by default);
 - ``edited``: the next slice is in ``locked`` (edited by hand: kept as it is);
 - ``end of volume``.
 
@@ -25,12 +30,12 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Collection, Generator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from casam.errors import InputError
+from casam.prefetch import Prefetcher
 from casam.preprocess import mask_box
 
 
@@ -46,6 +51,16 @@ class PropagateSettings:
     """Stop when the area falls below this fraction of the neighbour's ("collapse")."""
     max_growth: float = 2.0
     """Stop when the area grows above this many times the neighbour's ("area jump")."""
+    min_score_ratio: float = 0.0
+    """Stop when SAM's IoU estimate falls below this fraction of the seed slice's ("score drop")."""
+    min_overlap: float = 0.0
+    """Stop when the mask's IoU with the neighbour's mask falls below this ("no overlap")."""
+    max_shift: float = 2.0
+    """Stop when the mean intensity in the mask moves more than this many of the seed mask's
+    standard deviations away from the seed mask's mean ("appearance")."""
+    box_momentum: float = 0.0
+    """The next box is this share of the previous prompt's box plus the rest of the neighbour
+    mask's (widened) box: a box that lags behind the mask drifts less."""
     box_margin: float = 0.1
     """The neighbour's box is widened by this fraction of its size on each side..."""
     box_pad: float = 2.0
@@ -137,17 +152,46 @@ def check_volume(volume: np.ndarray, slice_index: int) -> np.ndarray:
     return v
 
 
-def stop_reason(pixels: int, score: float, prev_pixels: int, s: PropagateSettings) -> str | None:
-    """Why a slice (``pixels``, SAM score ``score``) ends the structure; None: it does not."""
+def stop_reason(
+    pixels: int,
+    score: float,
+    prev_pixels: int,
+    s: PropagateSettings,
+    seed_score: float = float("nan"),
+    overlap: float = 1.0,
+    shift: float = 0.0,
+) -> str | None:
+    """Why a slice (``pixels``, SAM score ``score``, IoU ``overlap`` with the neighbour's mask,
+    intensity ``shift`` from the seed's in seed standard deviations) ends the structure; None: it
+    does not. ``seed_score``: SAM's score on the seed slice (NaN for a hand-drawn seed)."""
     if pixels < s.min_pixels:
         return "empty"
     if score < s.min_score:
         return "low score"
+    if score < s.min_score_ratio * seed_score:  # False when seed_score is NaN
+        return "score drop"
     if pixels < s.min_shrink * prev_pixels:
         return "collapse"
     if pixels > s.max_growth * prev_pixels:
         return "area jump"
+    if overlap < s.min_overlap:
+        return "no overlap"
+    if shift > s.max_shift:
+        return "appearance"
     return None
+
+
+def overlap(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two 2-D masks (1.0 when both are empty)."""
+    union = np.count_nonzero(a | b)
+    return 1.0 if union == 0 else np.count_nonzero(a & b) / union
+
+
+def appearance(image: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """Mean and standard deviation of a slice's intensity (channels averaged) inside ``mask``."""
+    a = np.asarray(image, dtype=np.float64)
+    vals = (a.mean(-1) if a.ndim == 3 else a)[mask]
+    return float(vals.mean()), float(vals.std())
 
 
 def interior_point(mask: np.ndarray) -> np.ndarray:
@@ -198,37 +242,6 @@ def neighbour_prompt(
     return out
 
 
-class Prefetcher:
-    """Embeds the slices ahead of the propagation front in one background thread."""
-
-    def __init__(self, predictor, volume: np.ndarray, ahead: int):
-        self.predictor, self.volume, self.ahead = predictor, volume, ahead
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="casam-prefetch") if ahead else None
-        self._futures: dict[int, Future] = {}
-
-    def schedule(self, index: int, direction: int) -> None:
-        """Queue ``index + direction``, ... (``ahead`` slices); drop queued slices elsewhere."""
-        if self._pool is None:
-            return
-        want = [index + direction * t for t in range(1, self.ahead + 1)]
-        want = [j for j in want if 0 <= j < len(self.volume)]
-        for j in [j for j in self._futures if j not in want and j != index]:
-            self._futures.pop(j).cancel()
-        for j in want:
-            if j not in self._futures and not self.predictor.is_cached(self.volume[j]):
-                self._futures[j] = self._pool.submit(self.predictor.embed, self.volume[j])
-
-    def get(self, index: int):
-        f = self._futures.pop(index, None)
-        if f is not None and not f.cancelled():
-            return f.result()
-        return self.predictor.embed(self.volume[index])
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-
-
 def _seed(predictor, pf: Prefetcher, k: int, prompt: dict, mask, task) -> tuple:
     """The prompted slice: (mask, logits, SliceResult)."""
     if mask is not None:
@@ -255,22 +268,44 @@ class _Job:
     s: PropagateSettings
     locked: set[int]
     margins: np.ndarray | None = None
+    box: np.ndarray | None = None
+    """The seed's prompt box (the start of ``box_momentum``)."""
+    look: tuple[float, float] = (0.0, 0.0)
+    """The seed mask's intensity mean and standard deviation."""
+    seed_score: float = float("nan")
     out: dict[int, tuple] = field(default_factory=dict)
     done: int = 0
+
+    def prompt(self, mask, logits, prev_box) -> dict:
+        """The next slice's prompt from its neighbour's result (and the previous prompt box)."""
+        prompt = neighbour_prompt(mask, logits, self.s, self.margins)
+        if self.s.box_momentum and prev_box is not None:
+            a = self.s.box_momentum
+            prompt["boxes"] = a * np.asarray(prev_box).reshape(1, 4) + (1 - a) * prompt["boxes"]
+        return prompt
+
+    def stop(self, j: int, m: np.ndarray, score: float, prev: np.ndarray, prev_pixels: int):
+        shift = 0.0
+        if np.isfinite(self.s.max_shift) and m.any():
+            mean, sd = self.look
+            shift = abs(appearance(self.pf.volume[j], m)[0] - mean) / max(sd, 1e-6)
+        ov = overlap(m, prev) if self.s.min_overlap > 0 else 1.0
+        return stop_reason(int(m.sum()), score, prev_pixels, self.s, self.seed_score, ov, shift)
 
 
 def _walk(job: _Job, start: int, direction: int) -> Generator[PropagationProgress, None, str]:
     """Propagate from slice ``start`` in one direction; returns why it stopped."""
     mask, logits, info = job.out[start]
-    vol, j = job.pf.volume, start + direction
+    vol, j, box = job.pf.volume, start + direction, job.box
     while 0 <= j < len(vol):
         if j in job.locked:
             return f"edited at {j}"
         job.pf.schedule(j, direction)
-        prompt = neighbour_prompt(mask, logits, job.s, job.margins)
+        prompt = job.prompt(mask, logits, box)
+        box = prompt["boxes"]
         pred = job.predictor.predict_embedding(job.pf.get(j), task=job.task, **prompt)
         m, score = pred.masks[0], float(pred.scores[0])
-        why = stop_reason(int(m.sum()), score, info.pixels, job.s)
+        why = job.stop(j, m, score, mask, info.pixels)
         job.done += 1
         yield PropagationProgress(job.done, len(vol), j, int(m.sum()), why)
         if why:
@@ -288,6 +323,8 @@ def _run(predictor, v, k, prompt, mask, task, s, locked) -> Generator:
         job.pf.schedule(k, 1)
         seed = _seed(predictor, job.pf, k, prompt, mask, task)
         job.margins = box_margins(prompt["boxes"] if mask is None else None, seed[0], s)
+        job.box = prompt["boxes"] if mask is None else None
+        job.look, job.seed_score = appearance(v[k], seed[0]), seed[2].score
         job.out[k], job.done = seed, 1
         yield PropagationProgress(1, len(v), k, seed[2].pixels)
         stops = {}

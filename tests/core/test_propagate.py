@@ -98,12 +98,67 @@ def test_low_score_and_area_jump_stop_a_direction():
 
 
 def test_stop_reason_rules():
-    s = PropagateSettings(min_score=0.5, min_pixels=10, min_shrink=0.2, max_growth=2.0)
+    s = PropagateSettings(
+        min_score=0.5,
+        min_pixels=10,
+        min_shrink=0.2,
+        max_growth=2.0,
+        min_score_ratio=0.9,
+        min_overlap=0.5,
+        max_shift=2.0,
+    )
     assert stop_reason(5, 0.9, 100, s) == "empty"
     assert stop_reason(50, 0.4, 50, s) == "low score"
     assert stop_reason(15, 0.9, 100, s) == "collapse"
     assert stop_reason(250, 0.9, 100, s) == "area jump"
     assert stop_reason(120, 0.9, 100, s) is None
+    assert stop_reason(120, 0.7, 100, s, seed_score=0.75) is None  # 0.7 >= 0.9 x 0.75
+    assert stop_reason(120, 0.7, 100, s, seed_score=0.9) == "score drop"
+    assert stop_reason(120, 0.7, 100, s, seed_score=float("nan")) is None  # hand-drawn seed
+    assert stop_reason(120, 0.9, 100, s, overlap=0.4) == "no overlap"
+    assert stop_reason(120, 0.9, 100, s, overlap=0.6, shift=2.5) == "appearance"
+    assert stop_reason(120, 0.9, 100, s, overlap=0.6, shift=1.5) is None
+
+
+def test_relative_score_overlap_and_appearance_each_end_a_direction():
+    """With the absolute rules unable to fire, each relative rule stops where it should."""
+    loose = dict(min_pixels=3, min_shrink=0.01, max_growth=100.0, min_score=0.0, prefetch=0)
+    v = ball_volume()
+    v[13, 0, 1] = 70  # SAM's estimate 0.7 on slice 13: above 0.5, below 0.9 x the seed's 0.9
+    s = PropagateSettings(**loose, min_score_ratio=0.9, min_overlap=0.0, max_shift=float("inf"))
+    r = propagate(FakePredictor(), v, 10, box=gt_box(v, 10), settings=s)
+    assert r.stops["up"] == "score drop at 13" and max(r.indices) == 12
+    v = ball_volume()
+    v[7, 8:41, 8:41] = 10  # the disc is gone from slice 7, a bright corner sits in its box
+    v[7, 30:40, 30:40] = 200
+    s = PropagateSettings(**loose, min_score_ratio=0.0, min_overlap=0.3, max_shift=float("inf"))
+    r = propagate(FakePredictor(), v, 10, box=gt_box(v, 10), settings=s)
+    assert r.stops["down"] == "no overlap at 7" and min(r.indices) == 8
+    v = ball_volume()
+    v[12][v[12] >= 100] = 400  # same place, another tissue
+    s = PropagateSettings(**loose, min_score_ratio=0.0, min_overlap=0.0, max_shift=3.0)
+    r = propagate(FakePredictor(), v, 10, box=gt_box(v, 10), settings=s)
+    assert r.stops["up"] == "appearance at 12" and max(r.indices) == 11
+    assert not r.masks[12].any()
+
+
+def test_box_momentum_carries_part_of_the_previous_box():
+    v = ball_volume()
+    fake = FakePredictor()
+    wide = [4.0, 4.0, 44.0, 44.0]  # the user's box, far wider than the disc
+    s = PropagateSettings(
+        min_pixels=3,
+        prefetch=0,
+        seed_margins=False,
+        box_pad=0.0,
+        box_margin=0.0,
+        box_momentum=0.5,
+        min_score_ratio=0.0,
+    )
+    propagate(fake, v, 10, box=wide, settings=s)
+    seed_box = np.array(gt_box(v, 10), float)
+    assert np.allclose(fake.calls[0], [wide])
+    assert np.allclose(fake.calls[1], [0.5 * np.array(wide) + 0.5 * seed_box])
 
 
 def test_neighbour_box_keeps_the_seed_margins():
@@ -206,3 +261,13 @@ def test_no_prompt_and_empty_seed_are_refused():
         propagate(FakePredictor(), v, 10)
     with pytest.raises(InputError, match="empty mask"):
         propagate(FakePredictor(), v, 0, box=[30, 30, 40, 40])
+
+
+def test_the_default_settings_stop_where_the_tissue_changes():
+    """Past an organ's end SAM keeps finding something in the box: the default stops on the
+    intensity shift even though size and score would let it run on."""
+    v = ball_volume(radius=9.0)
+    v[14][v[14] >= 100] = 600  # slice 14: the same place, another tissue
+    r = propagate(FakePredictor(), v, 10, box=gt_box(v, 10), settings=PropagateSettings(prefetch=0))
+    assert r.stops["up"] == "appearance at 14" and max(r.indices) == 13
+    assert r.stops["down"].startswith("empty at")
