@@ -102,6 +102,8 @@ class Backbone:
 
     runtime = None
     """The encoder runtime (``casam.runtime.GuardedRuntime``); None: the module, in torch."""
+    box_decoder = None
+    """The compiled box decoder (``casam.runtime.BoxDecoderRuntime``); None: torch decodes."""
     _encoder_module: nn.Module | None = None
 
     @property

@@ -111,10 +111,12 @@ def test_cli_propagate_writes_a_3d_mask_in_the_volume_geometry(nifti, capsys, tm
         "--task", "sam", "--library", tmp_path / "lib", "--out", out,
     )  # fmt: skip
     assert code == 0, err
-    assert "slices 0..8" in text
     img = nib.load(str(out))
     assert np.allclose(img.affine, affine) and img.shape == (122, 101, 9)
     mask = np.asarray(img.dataobj).transpose(2, 1, 0).astype(bool)
+    on = np.flatnonzero(mask.any((1, 2)))
+    assert f"{int(mask.sum())} voxels on slices {on[0]}..{on[-1]}" in text  # says what it wrote
+    assert on[0] <= 1 and on[-1] == 8  # through the spleen (9 slices), from its largest one
     assert dice(mask, gt) > 0.75
     # clicks on the slice go with the box
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
