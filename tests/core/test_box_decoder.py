@@ -143,3 +143,20 @@ def test_it_comes_with_the_openvino_encoder_only():
     assert get_backbone("litemedsam", runtime="openvino").box_decoder is not None
     assert get_backbone("litemedsam", runtime="torch").box_decoder is None
     assert np.isfinite(_decoder.TOLERANCE)
+
+
+def test_threads_sharing_the_compiled_decoder_get_their_own_answers(bb, built, monkeypatch):
+    """Dask workers and the dock may decode from several threads: one compiled model serves
+    them one call at a time, each thread getting the masks of its own box."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setenv("CASAM_RUNTIME_CACHE", str(built.parent))
+    d = compiled(bb)
+    assert d.prepare()
+    z, _ = inputs()
+    boxes = [torch.tensor([[10.0 + 9 * k, 20.0, 120.0 + 9 * k, 200.0]]) for k in range(8)]
+    alone = [d.decode(z, b)[0] for b in boxes]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda b: d.decode(z, b)[0], boxes * 3))
+    for k, m in enumerate(together):
+        assert torch.equal(m, alone[k % 8])

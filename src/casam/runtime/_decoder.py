@@ -164,7 +164,8 @@ class BoxDecoderRuntime:
         zn = np.ascontiguousarray(z.detach().float().numpy())
         bn = np.ascontiguousarray(boxes.detach().float().numpy())
         try:
-            outs = [self._run(model, zn, bn[i : i + 1]) for i in range(bn.shape[0])]
+            with self._lock:  # one compiled model, one infer request: one call at a time
+                outs = [self._run(model, zn, bn[i : i + 1]) for i in range(bn.shape[0])]
             masks = np.concatenate([m for m, _ in outs])
             iou = np.concatenate([q for _, q in outs])
             if masks.shape != (bn.shape[0], 1, 256, 256) or not np.isfinite(masks).all():
