@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from casam.progress import Progress
 from casam.routing import RouteDecision
 from napari_casam._jobs import relay
 from napari_casam._session import Routed, Segmented
@@ -110,14 +111,7 @@ class FakeSession:
         return FakeInfo(name)
 
 
-@dataclass
-class FakeProgress:
-    stage: str
-    step: int
-    total: int
-    epoch: int | None = None
-    loss: float | None = None
-    message: str = ""
+FakeProgress = Progress  # the engine's own event (casam.progress imports no torch)
 
 
 @dataclass

@@ -316,6 +316,5 @@ def test_the_docks_estimate_is_one_short_line_with_the_total():
     from casam.estimate import LearnEstimate
 
     est = LearnEstimate(embed_s=6.1, n_embed=15, step_s=6.5, n_steps=48, router_s=6, evaluate_s=4)
-    progress = FakeProgress("plan", 1, 1, message=str(est))
-    progress.estimate = est
+    progress = FakeProgress("plan", 1, 1, message=str(est), estimate=est)
     assert _texts.describe_estimate(progress) == "Estimated time: about 6.9 min on this machine."
