@@ -172,12 +172,16 @@ def test_requested_runtime_from_env_and_checked(monkeypatch):
         requested_runtime("tensorrt")
 
 
-def test_default_order_follows_the_machine():
+def test_default_order_follows_the_machine(monkeypatch):
     assert default_order("cuda") == ["torch"] and default_order("mps") == ["torch"]
-    # bf16 fails the routing-agreement guard (95% < 99%, docs/benchmark-speed.md): never default
-    assert default_order("cpu", bf16=True)[0] == "openvino"
-    assert default_order("cpu", bf16=False)[0] == "openvino"
-    assert all(o[-1] == "torch" for o in (default_order("cpu", True), default_order("cpu", False)))
+    # bf16 first only where the CPU multiplies bf16 natively (AVX512-BF16 / AMX)
+    assert default_order("cpu", bf16=True) == ["openvino-bf16", "openvino", "onnxruntime", "torch"]
+    assert default_order("cpu", bf16=False) == ["openvino", "onnxruntime", "torch"]
+    from casam.runtime import _cpu
+
+    for native in (True, False):
+        monkeypatch.setattr(_cpu, "bf16_native", lambda native=native: native)
+        assert (default_order("cpu")[0] == "openvino-bf16") is native
 
 
 class Broken(_engines.EncoderRuntime):
