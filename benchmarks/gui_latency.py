@@ -16,8 +16,22 @@ written. Keys (medians; ms):
 - gui_max_block_ms: the longest the Qt event loop went without running a 5 ms heartbeat timer,
   over opening the image, loading the model, routing, boxes and preparing the volume
   (``block_ms_by_phase`` has each phase; opening the dock itself, a synchronous widget
-  construction in the GUI thread, is ``dock_open_block_ms``, outside the figure).
+  construction in the GUI thread followed by napari's first draw of the dock's boxes and masks
+  layers, is ``dock_open_block_ms``, outside the figure).
+- gui_max_block_ms_plugin: the same over the phases where the plugin works ("load model and
+  route", "boxes", "routing", "prepare volume"), without "open image": napari reading the
+  sample and making and drawing its first layers (``napari.components.viewer_model.open_sample``:
+  imports of scipy.ndimage and pint, contrast limits, thumbnails, the first canvas draw), none of
+  it the plugin's code but the sample file read.
+- gui_cpu_ms_per_box: CPU time of the GUI thread itself per cached box, from the Shapes event to
+  the labels drawn (the kernel's per-thread accounting): the work the GUI thread does, ours and
+  napari's, which load does not lengthen the way it lengthens wall times.
 - box_breakdown_ms: a cached box split into its parts (medians of the per-box steps).
+- threads_by_nice: at the end, the process's threads per nice value (the dock's workers and the
+  compute threads they start run nicer than the GUI thread: ``napari_casam._jobs.yield_to_gui``).
+
+``--stacks MS`` prints, for every block over MS ms, what each thread was doing
+(``benchmarks/_blocks.py``) and adds ``block_reports``.
 """
 
 from __future__ import annotations
@@ -28,9 +42,7 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
-import traceback
 from pathlib import Path
 
 os.environ.setdefault("QT_API", "pyqt6")  # the napari extra's binding, where PyQt5 lingers too
@@ -51,6 +63,10 @@ STEPS = (
 )
 
 
+#: The phases of ``gui_max_block_ms_plugin``: where the plugin's own code runs.
+PLUGIN_PHASES = ("load model and route", "boxes", "routing", "prepare volume")
+
+
 def log(*a) -> None:
     print(*a, file=sys.stderr, flush=True)
 
@@ -66,6 +82,8 @@ class Heartbeat:
         self.longest: list[tuple[float, str, float]] = []
         """The longest blocks: (ms, phase, seconds into the session when it ended)."""
         self.t0 = self._last = time.perf_counter()
+        self.on_tick: list = []
+        """Called in the GUI thread after each tick with (gap ms, phase the gap belongs to)."""
         self.timer = QTimer()
         self.timer.setInterval(5)
         self.timer.timeout.connect(self._tick)
@@ -78,28 +96,12 @@ class Heartbeat:
         self._last = now
         if gap > 50:
             self.longest = sorted([*self.longest, (gap, self.phase, now - self.t0)])[-8:]
+        for hook in self.on_tick:
+            hook(gap, self.phase)
 
     def enter(self, phase: str) -> None:
         self._tick()
         self.phase = phase
-
-    def watch(self, late_s: float = 1.0) -> None:
-        """From a thread: when the loop is ``late_s`` late, print every thread's stack once."""
-        main = threading.main_thread().ident
-
-        def run() -> None:
-            seen = 0.0
-            while True:
-                time.sleep(0.05)
-                last = self._last
-                if time.perf_counter() - last > late_s and last != seen:
-                    seen = last
-                    log(f"--- the event loop is {late_s * 1000:.0f} ms late, phase {self.phase}:")
-                    for tid, frame in sys._current_frames().items():
-                        name = "GUI thread" if tid == main else f"thread {tid}"
-                        log(f"# {name}\n" + "".join(traceback.format_stack(frame)[-6:]))
-
-        threading.Thread(target=run, daemon=True).start()
 
 
 def spin(until, timeout: float = 600.0) -> None:
@@ -187,6 +189,7 @@ class Probe:
 
     def box(self, widget, rect) -> dict[str, float]:
         """Add one rectangle, wait for its labels to be drawn; the step times in ms."""
+        cpu0 = gui_cpu_ms()
         self.t = {"event": time.perf_counter()}
         widget.prompts_layer().add_rectangles([rect])
         spin(lambda: "done" in self.t)
@@ -195,7 +198,26 @@ class Probe:
         t = self.t
         out = {f"{a}->{b}": (t[b] - t[a]) * 1000.0 for a, b in STEPS if a in t and b in t}
         out["total"] = (t["drawn"] - t["event"]) * 1000.0
+        out["gui_cpu"] = gui_cpu_ms() - cpu0
         return out
+
+
+def gui_cpu_ms() -> float:
+    """CPU time of the calling (GUI) thread so far, ms."""
+    return time.thread_time() * 1000.0
+
+
+def threads_by_nice() -> dict[str, int]:
+    """How many of this process's threads run at each nice value (Linux; empty elsewhere)."""
+    out: dict[str, int] = {}
+    tasks = Path("/proc/self/task")
+    for d in tasks.iterdir() if tasks.is_dir() else ():
+        try:
+            nice = (d / "stat").read_text().rsplit(")", 1)[1].split()[16]
+        except (OSError, IndexError):
+            continue
+        out[nice] = out.get(nice, 0) + 1
+    return dict(sorted(out.items(), key=lambda kv: int(kv[0])))
 
 
 def rect_for(mask2d, index: int, margin: float):
@@ -236,6 +258,10 @@ def open_viewer(hb: Heartbeat):
     pause(0.5)
     hb.enter("open dock")
     _, widget = viewer.window.add_plugin_dock_widget("napari-casam", "CA-SAM")
+    canvas = viewer.window._qt_viewer.canvas._scene_canvas
+    drawn: list[float] = []
+    canvas.events.draw.connect(lambda e: drawn.append(time.perf_counter()))
+    spin(lambda: bool(drawn))  # napari's first draw of the dock's boxes and masks layers
     hb.enter("load model and route")
     spin(lambda: idle(widget) and widget.session.predictor is not None)
     pause(1.0)
@@ -254,8 +280,11 @@ def measure(args) -> dict:
     pause(0.5)
     hb = Heartbeat()
     hb.viewer = viewer
+    sampler = None
     if args.stacks:
-        hb.watch(args.stacks / 1000.0)
+        from _blocks import BlockSampler
+
+        sampler = BlockSampler(hb, args.stacks, log)
     t0 = time.perf_counter()
     viewer, widget = open_viewer(hb)
     gt = next(ly for ly in viewer.layers if ly.name.endswith("ground truth")).data
@@ -295,6 +324,8 @@ def measure(args) -> dict:
     hb.enter("end")
     out = summary(rows, hb, enc, uncached_calls)
     out["session_s"] = round(time.perf_counter() - t0, 1)
+    if sampler is not None:
+        out["block_reports"] = sampler.reports
     viewer.close()
     return out
 
@@ -323,7 +354,9 @@ def summary(rows: dict, hb: Heartbeat, enc: Encoder, uncached_calls: int) -> dic
         "gui_box_uncached_ms": med(r["total"] for r in rows["uncached"]),
         "gui_box_next_slice_ms": med(r["total"] for r in rows["next"]),
         "gui_max_block_ms": max(v for k, v in phases.items() if k != "open dock"),
+        "gui_max_block_ms_plugin": max(v for k, v in phases.items() if k in PLUGIN_PHASES),
         "dock_open_block_ms": phases.get("open dock"),
+        "gui_cpu_ms_per_box": med(r["gui_cpu"] for r in cached),
         "block_ms_by_phase": phases,
         "longest_blocks": [
             {"ms": round(g, 1), "phase": p, "at_s": round(t, 1)} for g, p, t in hb.longest[::-1]
@@ -336,6 +369,8 @@ def summary(rows: dict, hb: Heartbeat, enc: Encoder, uncached_calls: int) -> dic
         "boxes_uncached": [round(r["total"], 1) for r in rows["uncached"]],
         "boxes_next_slice": [round(r["total"], 1) for r in rows["next"]],
         "encoder_calls_total": enc.calls,
+        "gui_cpu_ms_boxes_cached": [round(r["gui_cpu"], 1) for r in cached],
+        "threads_by_nice": threads_by_nice(),
     }
 
 
@@ -346,7 +381,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slices", type=int, default=3, help="uncached slices (and their next)")
     ap.add_argument("--dwell", type=float, default=6.0, help="seconds looking at each slice")
     ap.add_argument(
-        "--stacks", type=float, default=0, metavar="MS", help="print stacks of blocks > MS ms"
+        "--stacks",
+        type=float,
+        default=0,
+        metavar="MS",
+        help="print what every thread did in blocks > MS ms (benchmarks/_blocks.py)",
     )
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:

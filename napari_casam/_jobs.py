@@ -4,12 +4,19 @@ Every job is a generator function: it yields progress and returns its result, as
 stardist-napari. ``CASAM_NAPARI_NOTHREADS=1`` runs jobs synchronously in the calling thread
 (deterministic tests, debugging); otherwise napari's ``create_worker`` runs them in a thread,
 and its callbacks arrive in the GUI thread.
+
+A worker runs its jobs at a lower CPU priority than the GUI thread (:func:`yield_to_gui`): on a
+machine with few cores the engine's compute threads (torch's and OpenVINO's, started from the
+worker, inherit its priority) would otherwise take the cores the GUI thread needs to draw.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import sys
+import threading
 from collections import deque
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -21,11 +28,53 @@ log = logging.getLogger(__name__)
 
 Callback = Callable[[Any], None] | None
 
+#: How much nicer than the process (the GUI thread) a worker runs; ``CASAM_WORKER_NICE`` overrides
+#: it (0: the same priority). Linux and other systems with per-thread priorities only.
+WORKER_NICE = 5
+
 
 def threads_disabled() -> bool:
     """True when ``CASAM_NAPARI_NOTHREADS`` asks for synchronous jobs."""
     value = os.environ.get("CASAM_NAPARI_NOTHREADS", "").strip().lower()
     return value not in ("", "0", "false", "no")
+
+
+def worker_nice() -> int:
+    """The niceness step of worker threads (``CASAM_WORKER_NICE``, else :data:`WORKER_NICE`)."""
+    try:
+        return max(0, int(os.environ.get("CASAM_WORKER_NICE", WORKER_NICE)))
+    except ValueError:
+        return WORKER_NICE
+
+
+def yield_to_gui() -> None:
+    """Make the calling thread :func:`worker_nice` nicer than the process (once; never less nice).
+
+    The threads it starts afterwards (torch's OpenMP team, OpenVINO's compute threads) inherit
+    the priority, so the GUI thread gets a core at once when it has something to draw; when it
+    has nothing, the workers use every core as before.
+    """
+    step = worker_nice()
+    if step <= 0 or not hasattr(os, "setpriority") or sys.platform != "linux":
+        return
+    tid = threading.get_native_id()
+    try:
+        target = min(os.getpriority(os.PRIO_PROCESS, os.getpid()) + step, 19)
+        if os.getpriority(os.PRIO_PROCESS, tid) < target:
+            os.setpriority(os.PRIO_PROCESS, tid, target)
+    except OSError:  # not allowed here: the job runs at the priority it has
+        pass
+
+
+def _in_worker(func: Callable[..., Generator[Any, None, Any]]):
+    """``func`` run at the worker's priority (still a generator function, for napari)."""
+
+    @functools.wraps(func)
+    def run(*args: Any) -> Generator[Any, None, Any]:
+        yield_to_gui()
+        return (yield from func(*args))
+
+    return run
 
 
 class _SyncWorker:
@@ -91,7 +140,7 @@ def start(
         return _run_sync(func, args, yielded, returned, errored, finished)
     from napari.qt.threading import create_worker
 
-    worker = create_worker(func, *args, _start_thread=False, _ignore_errors=True)
+    worker = create_worker(_in_worker(func), *args, _start_thread=False, _ignore_errors=True)
     for name, cb in (
         ("yielded", yielded),
         ("returned", returned),

@@ -30,6 +30,7 @@ class RoutingCard(QFrame):
         self.where.setStyleSheet("color: #9e9e9e;")
         self.where.setWordWrap(True)
         self.headline = QLabel("")
+        self.headline.setStyleSheet("font-size: 15px; font-weight: bold;")
         self.headline.setTextInteractionFlags(Qt.TextSelectableByMouse)
         self.headline.setWordWrap(True)
         self.detail = QLabel("")
@@ -38,15 +39,23 @@ class RoutingCard(QFrame):
         for w in (self.where, self.headline, self.detail):
             layout.addWidget(w)
         self.text = RouteText("", "", "unknown")
+        self._color = ""
         self.show_text(describe_route(None), "")
 
     def show_text(self, text: RouteText, where: str) -> None:
+        """Show ``text``; only what changed is set (a style sheet restyles every child)."""
         self.text = text
+        for label, value in zip(
+            (self.where, self.headline, self.detail),
+            (where, text.headline, text.detail),
+            strict=True,
+        ):
+            if label.text() != value:
+                label.setText(value)
         color = _COLORS.get(text.kind, _COLORS["unknown"])
-        self.where.setText(where)
-        self.headline.setText(text.headline)
-        self.headline.setStyleSheet("font-size: 15px; font-weight: bold;")
-        self.detail.setText(text.detail)
+        if color == self._color:
+            return
+        self._color = color
         r, g, b = (int(color[i : i + 2], 16) for i in (1, 3, 5))
         self.setStyleSheet(
             f"#casamRoutingCard {{ border: 2px solid {color}; border-radius: 6px; "
