@@ -172,12 +172,13 @@ def main(argv=None) -> int:
 BEGIN, END = "<!-- routing.py: begin -->", "<!-- routing.py: end -->"
 
 
-def write_section(md: Path, section: str) -> None:
-    """Replace (or append) this script's section of ``md`` between its markers."""
+def write_section(md: Path, section: str, begin: str = BEGIN, end: str = END) -> None:
+    """Replace (or append) a script's section of ``md`` between its markers (this script's by
+    default)."""
     text = md.read_text() if md.is_file() else ""
-    block = f"{BEGIN}\n{section}{END}\n"
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END) + 1 :]
+    block = f"{begin}\n{section}{end}\n"
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) + 1 :]
     else:
         text = text.rstrip("\n") + "\n\n" + block
     md.write_text(text)
