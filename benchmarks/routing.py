@@ -30,6 +30,7 @@ from _common import EMB_CACHE, HERE, machine  # noqa: E402
 
 FEAT_CACHE = EMB_CACHE.parent / "bench-routing"
 AUG_COPIES = 1
+VALAUG_COPIES = 2
 
 
 def log(*a) -> None:
@@ -111,6 +112,11 @@ def build_features(cache=None, budget_s: float = float("inf")) -> dict:
     plan += [("ood", "val", [im for *_, im in ood_val])]
     plan += [(t.name, "val", [im for im, _ in t.val]) for t in tasks]
     plan += [(t.name, "aug", rd.augmented(t.fit, AUG_COPIES, seed=i)) for i, t in enumerate(tasks)]
+    # the new-patient proxy of validation: each validation slice as another scan would show it
+    plan += [
+        (t.name, "valaug", rd.augmented(t.val, VALAUG_COPIES, seed=100 + i))
+        for i, t in enumerate(tasks)
+    ]
     keys: dict = {}
     t0 = time.perf_counter()
     for name, part, images in plan:
@@ -166,12 +172,13 @@ def main(argv=None) -> int:
 BEGIN, END = "<!-- routing.py: begin -->", "<!-- routing.py: end -->"
 
 
-def write_section(md: Path, section: str) -> None:
-    """Replace (or append) this script's section of ``md`` between its markers."""
+def write_section(md: Path, section: str, begin: str = BEGIN, end: str = END) -> None:
+    """Replace (or append) a script's section of ``md`` between its markers (this script's by
+    default)."""
     text = md.read_text() if md.is_file() else ""
-    block = f"{BEGIN}\n{section}{END}\n"
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END) + 1 :]
+    block = f"{begin}\n{section}{end}\n"
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) + 1 :]
     else:
         text = text.rstrip("\n") + "\n\n" + block
     md.write_text(text)

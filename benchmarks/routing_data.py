@@ -12,7 +12,7 @@ for MR brain tumour and CT lung tumour: the test patient is never seen).
 
 OOD: ``ood_test`` (reported): X-ray, ultrasound, fundus, colour and grayscale photographs,
 astronomy, histology, documents, textures, a phantom, noise and flat images (38 images).
-``ood_val`` (tuning only): other images and other noise seeds (10 images).
+``ood_val`` (tuning only): other images and other noise seeds (15 images).
 """
 
 from __future__ import annotations
@@ -160,7 +160,10 @@ def ood_sets(cache=None) -> tuple[list[tuple[str, str, np.ndarray]], list]:
     import skimage.data
 
     faces = skimage.data.lfw_subset()
-    val.append(("photo", "lfw_face_0", faces[0]))
+    val += [("photo", f"lfw_face_{i}", faces[i]) for i in (0, 50, 100)]
+    val.append(("photo", "cat_gray", skimage.data.cat().mean(axis=2)))
+    blobs = skimage.data.binary_blobs(256, blob_size_fraction=0.05, volume_fraction=0.3, rng=1)
+    val.append(("texture", "binary_blobs_small", blobs.astype(np.uint8) * 255))
     test = [(k, n, datasets.limit_size(_u8(im), None)[0]) for k, n, im in test]
     val = [(k, n, datasets.limit_size(_u8(im), None)[0]) for k, n, im in val]
     return test, val

@@ -304,7 +304,22 @@ def describe_result(info: Any, seconds: float) -> str:
         return head + " No images were held out, so no IoU was measured."
     n = getattr(info, "n_holdout", None)
     on = f" on {n} held-out images" if n else " on held-out images"
-    return head + f" IoU{on}: SAM {fmt(info.iou_sam)} → task {fmt(info.iou_task)}."
+    ious = f" IoU{on}: SAM {fmt(info.iou_sam)} → task {fmt(info.iou_task)}."
+    return head + ious + "\n" + expected_gain(info)
+
+
+def expected_gain(info: Any) -> str:
+    """The learn summary's line on what the task is expected to add: its held-out IoU gain
+    over plain SAM in points, for the number of slices it was trained on (the learning curve
+    of docs/benchmark-quality.md shows how that grows with more slices)."""
+    gain = (info.iou_task - info.iou_sam) * 100
+    slices = plural(info.n_images, "slice")
+    if gain <= 0:
+        return (
+            f"No gain on held-out slices yet ({gain:+.1f} IoU points, learning curve: {slices}); "
+            "correct more slices and extend the task."
+        )
+    return f"Expected gain on held-out slices: {gain:+.1f} IoU points (learning curve: {slices})."
 
 
 # ---- the task table -------------------------------------------------------------------------

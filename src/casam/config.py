@@ -60,7 +60,12 @@ class LearnSettings:
     patient's slices score; 1.5 is the strictness sweep's knee (docs/benchmark-quality.md)."""
     knn_margin: float = 2.0
     """The default router's threshold is this many times the largest leave-one-out distance of
-    the task's stored images to their nearest other (benchmarks/routing.py tunes it)."""
+    the task's stored images to their nearest others (benchmarks/routing.py tunes it)."""
+    knn_k: int = 1
+    """The default router scores an image by its mean distance to the task's ``knn_k`` nearest
+    stored images (the threshold uses the same k). 1: benchmarks/routing.py's validation keeps
+    it (k = 2 accepts more of a new patient's slices but sends augmented validation slices to
+    wrong tasks; docs/benchmark-quality.md, "Router designs")."""
     holdout: float = 0.2
     """Share of annotated images held out to measure IoU (0 disables; at most ``max_holdout``)."""
     max_holdout: int = 10
@@ -87,6 +92,7 @@ class LearnSettings:
             ("percentile", 0 < self.percentile <= 100, "in (0, 100]"),
             ("threshold-margin", 0 < self.threshold_margin <= 10, "in (0, 10]"),
             ("knn-margin", 0 < self.knn_margin <= 10, "in (0, 10]"),
+            ("knn-k", 1 <= self.knn_k <= 10, "between 1 and 10"),
             ("holdout", 0 <= self.holdout < 1, "in [0, 1)"),
             ("max-holdout", self.max_holdout >= 0, "at least 0"),
             ("min-images", self.min_images >= self.folds, f"at least folds ({self.folds})"),

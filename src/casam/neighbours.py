@@ -3,16 +3,18 @@
 
 Views of one embedding ``z`` (256, 64, 64): the paper's attention pool (``attn``), the channel
 standard deviation (``std``) and the channel maximum (``max``), each L2-normalised. A task's
-distance to an image is ``1 - max_m mean_v cos(x_v, ref_mv)`` over its M stored images: the
-cosine distance of the concatenated unit views to the nearest stored image. Its threshold is
-``margin`` x the largest leave-one-out nearest distance among the stored images (each one
-against the others), so it needs no training and is recomputed from a stored task at any time
-(``casam recalibrate``). The image goes to the task with the smallest distance / threshold
-ratio when that ratio is at most 1, else to plain SAM.
+distance to an image is the mean, over the task's ``k`` nearest stored images, of
+``1 - mean_v cos(x_v, ref_v)``: the cosine distance of the concatenated unit views. Its threshold
+is ``margin`` x the largest leave-one-out distance among the stored images (each one against the
+others, with the same ``k``), so it needs no training and is recomputed from a stored task at
+any time (``casam recalibrate``). The image goes to the task with the smallest distance /
+threshold ratio when that ratio is at most 1, else to plain SAM.
 
-A task learned before format 2 stored only ``attn``: it is scored on that view alone, with the
-margin tuned for it. Margins: ``benchmarks/routing.py`` (docs/benchmark-quality.md, "Router
-designs"). :class:`NeighbourBank` scores every task at once: one matrix product per view count.
+``k`` is the task's ``LearnSettings.knn_k`` (default 1: the nearest stored image decides; a
+task learned before that setting existed has 1). A task learned before format 2 stored only
+``attn``: it is scored on that view alone with ``k = 1`` and the margin tuned for it. Margins and
+``k``: ``benchmarks/routing.py`` (docs/benchmark-quality.md, "Router designs").
+:class:`NeighbourBank` scores every task at once: one matrix product per view count.
 """
 
 from __future__ import annotations
@@ -43,53 +45,77 @@ def unit(views: torch.Tensor) -> torch.Tensor:
     return v.flatten(-2) / v.shape[-2] ** 0.5
 
 
-def leave_one_out(views: torch.Tensor) -> torch.Tensor:
-    """(M, V, C) stored views -> (M,) each one's distance to its nearest other (M >= 2)."""
+def _mean_nearest(sim: torch.Tensor, k: int) -> torch.Tensor:
+    """(N, M) similarities -> (N,) mean distance to the ``k`` most similar (k capped at M)."""
+    return 1.0 - sim.topk(min(k, sim.shape[1]), dim=1).values.mean(1)
+
+
+def leave_one_out(views: torch.Tensor, k: int = 1) -> torch.Tensor:
+    """(M, V, C) stored views -> (M,) each one's mean distance to its ``k`` nearest others
+    (M >= 2; k capped at M - 1)."""
     u = unit(views)
     sim = u @ u.T
     sim.fill_diagonal_(-float("inf"))
-    return 1.0 - sim.amax(dim=1)
+    return _mean_nearest(sim, min(k, views.shape[0] - 1))
 
 
-def calibrate(views: torch.Tensor, margin: float | None = None) -> float:
+def calibrate(views: torch.Tensor, margin: float | None = None, k: int = 1) -> float:
     """A task's distance threshold from its (M, V, C) stored views (M >= 2)."""
     if views.ndim != 3 or views.shape[0] < 2:
         raise ValueError("a neighbour threshold needs at least 2 stored images, views (M, V, C)")
     m = MARGINS[views.shape[1]] if margin is None else margin
-    return max(float(leave_one_out(views).max()) * m, 1e-6)
+    return max(float(leave_one_out(views, k).max()) * m, 1e-6)
+
+
+def task_k(n_views: int, settings: dict) -> int:
+    """The ``k`` a stored task is scored with: its ``knn_k`` setting with every view (1 when it
+    was learned before the setting existed), 1 on the attention pool alone (format 1)."""
+    return int(settings.get("knn_k", 1)) if n_views == len(VIEWS) else 1
 
 
 class NeighbourBank:
-    """Every task's stored unit views, grouped by view count: one product scores all tasks."""
+    """Every task's stored unit views, grouped by view count: one product scores all tasks.
+    ``ks``: how many nearest stored images each task's distance averages (default 1 each)."""
 
     def __init__(
-        self, names: Sequence[str], views: Sequence[torch.Tensor], thresholds: Sequence[float]
+        self,
+        names: Sequence[str],
+        views: Sequence[torch.Tensor],
+        thresholds: Sequence[float],
+        ks: Sequence[int] | None = None,
     ):
         self.names = list(names)
         self.thresholds = torch.tensor(list(thresholds), dtype=torch.float32)
         self.n_views = [int(v.shape[1]) for v in views]
-        self.groups: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.ks = [1] * len(self.names) if ks is None else [int(k) for k in ks]
+        self.groups: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
         for nv in sorted(set(self.n_views)):
-            cols = [k for k, n in enumerate(self.n_views) if n == nv]
-            ref = torch.cat([unit(views[k]) for k in cols])
-            owner = torch.cat(
-                [torch.full((views[k].shape[0],), j, dtype=torch.long) for j, k in enumerate(cols)]
-            )
-            self.groups.append((nv, ref, owner, torch.tensor(cols)))
+            cols = [j for j, n in enumerate(self.n_views) if n == nv]
+            ref = torch.cat([unit(views[j]) for j in cols])
+            sizes = [int(views[j].shape[0]) for j in cols]
+            # row r of idx: the task's stored rows of ref, padded with len(ref) (similarity -inf)
+            idx = torch.full((len(cols), max(sizes)), ref.shape[0], dtype=torch.long)
+            starts = torch.tensor([0, *sizes]).cumsum(0)
+            for r, m in enumerate(sizes):
+                idx[r, :m] = torch.arange(int(starts[r]), int(starts[r]) + m)
+            k = torch.tensor([min(self.ks[j], m) for j, m in zip(cols, sizes, strict=True)])
+            self.groups.append((nv, ref, idx, k, torch.tensor(cols)))
 
     def __len__(self) -> int:
         return len(self.names)
 
     @torch.no_grad()
     def distances(self, views: torch.Tensor) -> torch.Tensor:
-        """(N, 3, C) image views -> (N, T) distance to each task's nearest stored image."""
+        """(N, 3, C) image views -> (N, T) each task's mean distance to its k nearest stored
+        images."""
         n = views.shape[0]
         out = torch.empty(n, len(self.names))
-        for nv, ref, owner, cols in self.groups:
+        for nv, ref, idx, k, cols in self.groups:
             sim = unit(views[:, :nv]) @ ref.T
-            best = torch.full((n, len(cols)), -2.0).scatter_reduce(
-                1, owner.expand(n, -1), sim, reduce="amax"
-            )
+            sim = torch.cat([sim, torch.full((n, 1), -float("inf"))], dim=1)
+            top = sim[:, idx].topk(int(k.max()), dim=2).values  # (N, T, k max), best first
+            keep = torch.arange(top.shape[2]) < k[:, None]
+            best = torch.where(keep, top, torch.zeros(())).sum(2) / k
             out[:, cols] = 1.0 - best
         return out
 

@@ -22,7 +22,7 @@ from casam.config import LearnSettings
 from casam.embeddings import Embedding, EmbeddingCache, image_key
 from casam.errors import InputError
 from casam.library import TaskInfo, TaskLibrary
-from casam.neighbours import NeighbourBank
+from casam.neighbours import NeighbourBank, task_k
 from casam.preprocess import check_boxes, check_image
 from casam.router import VAEBank, attention_pool
 from casam.routing import DEFAULT_ROUTER, ROUTERS, RouteDecision, check_known, choose
@@ -101,7 +101,7 @@ class Predictor:
         from casam.task_router import knn_threshold
 
         names, vaes, taus, betas, infos, problems = [], [], [], [], {}, []
-        views, knn = [], []
+        views, knn, ks = [], [], []
         if self.library is not None:
             for item in self.library.scan(self.backbone.identity):  # each task read once
                 if isinstance(item, str):
@@ -120,10 +120,15 @@ class Predictor:
                 infos[info.name] = info
                 views.append(stored_views(item.router))
                 s = LearnSettings.from_dict(info.settings)  # format 1: no knn_threshold yet
-                knn.append(info.knn_threshold or knn_threshold(views[-1], s))
+                if info.knn_threshold is None:  # format 1: calibrated here, this release's k
+                    knn.append(knn_threshold(views[-1], s))
+                    ks.append(task_k(views[-1].shape[1], s.to_dict()))
+                else:  # the k its stored threshold was calibrated with
+                    knn.append(info.knn_threshold)
+                    ks.append(task_k(views[-1].shape[1], info.settings))
         with self._lock:
             self.bank = VAEBank(names, vaes, taus, betas)
-            self.neighbours = NeighbourBank(names, views, knn)
+            self.neighbours = NeighbourBank(names, views, knn, ks)
             self.task_infos = infos
             self.problems = problems
             self._layers.clear()

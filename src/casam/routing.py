@@ -5,9 +5,10 @@ threshold, and the image goes to the best-scoring task that accepts, else to pla
 fallback*):
 
 - **knn** (the default, :data:`DEFAULT_ROUTER`): the distance of the image's pooled views to
-  the task's nearest stored training image (:mod:`casam.neighbours`); the best task is the one
-  with the smallest score / threshold ratio; threshold = a margin x the largest leave-one-out
-  distance among the task's stored images (``TaskInfo.knn_threshold``).
+  the task's nearest stored training image (or the mean over its ``knn_k`` nearest,
+  :mod:`casam.neighbours`); the best task is the one with the smallest score / threshold ratio;
+  threshold = a margin x the largest leave-one-out distance among the task's stored images
+  (``TaskInfo.knn_threshold``).
 - **paper**: the paper's rule. Each task's VAE scores the attention-pooled feature with its
   negative ELBO (lower = more like the task's images); the lowest score wins; threshold = the
   ``percentile`` (97) of the K-fold held-out scores times ``LearnSettings.threshold_margin``

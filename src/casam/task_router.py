@@ -44,9 +44,11 @@ def fit_task_router(feats: torch.Tensor, s: LearnSettings) -> tuple[Any, float]:
 
 
 def knn_threshold(views: torch.Tensor, s: LearnSettings) -> float:
-    """The neighbour threshold of (N, V, 256) stored views: ``s.knn_margin`` with every view,
-    the margin tuned for the attention pool alone on a task of format 1."""
-    return calibrate(views, s.knn_margin if views.shape[1] == len(VIEWS) else None)
+    """The neighbour threshold of (N, V, 256) stored views: ``s.knn_margin`` and ``s.knn_k``
+    with every view; the margin tuned for the attention pool alone, k = 1, on a task of format 1."""
+    if views.shape[1] == len(VIEWS):
+        return calibrate(views, s.knn_margin, s.knn_k)
+    return calibrate(views)
 
 
 @dataclass(frozen=True)
@@ -77,8 +79,13 @@ def router_stage(
 
 def recalibrate(task: LoadedTask) -> TaskInfo:
     """The task's metadata with both thresholds recomputed from its stored features, with the
-    task's own settings (the VAE's folds are trained again: a few seconds)."""
+    task's own settings (its ``knn_k`` is written into them: 1 for a task learned before the
+    setting existed; the VAE's folds are trained again: a few seconds)."""
     s = LearnSettings.from_dict(task.info.settings)
     views = stored_views(task.router)
     _, threshold = fit_task_router(views[:, 0].contiguous(), s)
-    return task.info.with_(threshold=threshold, knn_threshold=knn_threshold(views, s))
+    return task.info.with_(
+        threshold=threshold,
+        knn_threshold=knn_threshold(views, s),
+        settings={**task.info.settings, "knn_k": s.knn_k},
+    )

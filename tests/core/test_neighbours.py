@@ -1,4 +1,5 @@
-"""The default router: pooled views, nearest stored image, leave-one-out threshold, one bank."""
+"""The default router: pooled views, the k nearest stored images, leave-one-out threshold, one
+bank."""
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from casam.neighbours import (
     calibrate,
     leave_one_out,
     pooled_views,
+    task_k,
     unit,
 )
 from casam.router import attention_pool
@@ -106,3 +108,54 @@ def test_empty_bank_falls_back_with_its_reason():
     r = NeighbourBank([], [], []).route(torch.zeros(3, 256))
     assert r.fallback and r.task is None and r.best is None
     assert r.reason == "no task learned for this model yet"
+
+
+def _mean_k_nearest(x: torch.Tensor, ref: torch.Tensor, k: int) -> torch.Tensor:
+    """Brute force: (N,) mean cosine distance of each unit row of x to its k nearest of ref."""
+    nv = ref.shape[1]
+    d = 1 - unit(x[:, :nv]) @ unit(ref).T
+    return d.sort(dim=1).values[:, : min(k, ref.shape[0])].mean(1)
+
+
+def test_bank_distance_is_the_mean_over_each_tasks_own_k_nearest():
+    """Tasks of different sizes (padded in one product), each with its own k; a task with
+    fewer stored images than k averages the ones it has."""
+    g = torch.Generator().manual_seed(9)
+    refs = [torch.randn(m, nv, 32, generator=g) for m, nv in ((6, 3), (2, 3), (9, 3), (4, 1))]
+    ks = [2, 3, 1, 2]
+    bank = NeighbourBank(list("abcd"), refs, [0.1] * 4, ks)
+    x = torch.randn(5, 3, 32, generator=g)
+    got = bank.distances(x)
+    for j, (ref, k) in enumerate(zip(refs, ks, strict=True)):
+        assert torch.allclose(got[:, j], _mean_k_nearest(x, ref, k), atol=1e-6), "abcd"[j]
+    k2 = NeighbourBank(["a"], refs[:1], [0.1], [2]).distances(x)[:, 0]
+    assert (k2 > NeighbourBank(["a"], refs[:1], [0.1]).distances(x)[:, 0]).all()
+
+
+def test_with_k_2_one_stored_image_alone_cannot_accept_a_stranger():
+    """A task of 10 alike images and one odd one, the same threshold: an image next to the
+    odd one is accepted with k = 1 (its one neighbour decides) and refused with k = 2."""
+    task = torch.cat([_cluster(_centre(0), 10, 0.1, 1), _centre(30)[None]])
+    stranger = _centre(30) + 0.05 * torch.randn(3, 64, generator=torch.Generator().manual_seed(2))
+    tau = 2 * float(leave_one_out(task[:10], k=2).max())  # the alike images' own spread
+    one = NeighbourBank(["t"], [task], [tau], [1]).route(stranger)
+    two = NeighbourBank(["t"], [task], [tau], [2]).route(stranger)
+    assert one.task == "t"
+    assert two.task is None and two.fallback and two.ratio > 1
+    bank = NeighbourBank(["t"], [task], [tau], [2])
+    assert all(bank.route(v).task == "t" for v in _cluster(_centre(0), 10, 0.1, 8))
+
+
+def test_leave_one_out_with_k_averages_the_k_nearest_others():
+    ref = torch.stack([_centre(0), _centre(0), _centre(0) * 2, _centre(10)])
+    loo = leave_one_out(ref, k=2)
+    assert loo[:3].abs().max() < 1e-6  # three identical directions: both nearest at 0
+    far = 1 - unit(ref[3:]) @ unit(ref[:3]).T
+    assert float(loo[3]) == pytest.approx(float(far.mean()), abs=1e-6)
+    assert torch.allclose(leave_one_out(ref[:2], k=5), leave_one_out(ref[:2], k=1))  # k <= M-1
+
+
+def test_a_task_calibrated_before_knn_k_keeps_k_1_and_format_1_always_has_k_1():
+    assert task_k(3, {}) == 1
+    assert task_k(3, {"knn_k": 2}) == 2
+    assert task_k(1, {"knn_k": 2}) == 1

@@ -62,9 +62,10 @@ def test_a_task_learned_now_stores_every_view_and_its_neighbour_threshold(learne
     assert task.info.format_version == 2 and all(k in task.router for k in VIEW_KEYS)
     views = stored_views(task.router)
     assert views.shape == (4, 3, 256)
-    assert task.info.knn_threshold == pytest.approx(calibrate(views, 2.0), rel=1e-6)
+    assert task.info.settings["knn_k"] == 1
+    assert task.info.knn_threshold == pytest.approx(calibrate(views, 2.0, k=1), rel=1e-6)
     p = Predictor(backbone=TinyBackbone(), library=lib)
-    assert p.neighbours.n_views == [3]
+    assert p.neighbours.n_views == [3] and p.neighbours.ks == [1]
     images, _ = disk_images(3, seed=7)
     assert [p.route_embedding(p.embed(im)).task for im in images] == ["disks"] * 3
     noise = np.random.default_rng(0).normal(0, 1000, (64, 64)).astype(np.int16)
@@ -101,6 +102,32 @@ def test_recalibrate_json_says_what_changed_and_is_idempotent(capsys, learned, t
     assert row["knn_threshold"][0] == pytest.approx(row["knn_threshold"][1], rel=1e-6)
     assert row["threshold"][0] == old.threshold
     assert row["threshold"][1] == pytest.approx(old.threshold, rel=1e-3)  # same folds, same seed
+
+
+def test_a_task_learned_with_knn_k_2_routes_and_recalibrates_with_it(capsys, tmp_path):
+    """``knn_k`` is the task's own: stored in its settings, used by the bank, kept by
+    recalibrate; a task whose settings lack it (learned before it existed) is scored with 1."""
+    root = tmp_path / "lib"
+    p = Predictor(backbone=TinyBackbone(), library=TaskLibrary(root))
+    images, masks = disk_images(4, seed=0)
+    learn_task(images, masks, "disks", predictor=p, settings=tiny_settings(seed=0, knn_k=2))
+    lib = TaskLibrary(root)
+    task = lib.load("disks")
+    views = stored_views(task.router)
+    assert task.info.knn_threshold == pytest.approx(calibrate(views, 2.0, k=2), rel=1e-6)
+    p.reload_library()
+    assert p.neighbours.ks == [2]
+    probes, _ = disk_images(3, seed=7)
+    assert [p.route_embedding(p.embed(im)).task for im in probes] == ["disks"] * 3
+    code, _, err = run(capsys, "recalibrate", "--library", root, "--task", "disks")
+    assert code == 0, err
+    new = TaskLibrary(root).info("disks")
+    assert new.settings["knn_k"] == 2
+    assert new.knn_threshold == pytest.approx(task.info.knn_threshold, rel=1e-6)
+    settings = {k: v for k, v in task.info.settings.items() if k != "knn_k"}
+    lib.save(task.info.with_(settings=settings), task.alignment, task.router, overwrite=True)
+    p.reload_library()
+    assert p.neighbours.ks == [1]
 
 
 @pytest.mark.parametrize("name, needle", [("nope", "no task named 'nope'"), ("../x", "x")])

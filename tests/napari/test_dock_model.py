@@ -272,6 +272,35 @@ def test_learn_refuses_bad_requests_and_runs_to_the_end(monkeypatch):
     ]
 
 
+def test_learn_summary_says_the_expected_gain_from_the_tasks_held_out_slices(monkeypatch):
+    """The summary after learning: held-out IoU of SAM and the task, then the gain in IoU
+    points for the number of training slices (the fake task: 3 slices, 0.5 -> 0.9)."""
+    monkeypatch.setenv("CASAM_NAPARI_NOTHREADS", "1")
+    model = LearnModel(FakeSession())
+    notes, messages = [], []
+    model.notify = lambda kind, msg: notes.append(msg)
+    model.message.connect(messages.append)
+    image, labels = labels_for(SHAPE, [1, 3])
+    assert model.start("Liver", "new", image, labels, epochs=2)
+    head, gain = messages[-1].split("\n")
+    assert head.startswith("Learned “Liver” from 3 images") and "SAM 0.50 → task 0.90" in head
+    assert gain == "Expected gain on held-out slices: +40.0 IoU points (learning curve: 3 slices)."
+    assert notes[-1] == messages[-1]
+
+
+def test_learn_summary_says_when_a_task_does_not_help_yet_or_was_not_measured():
+    from fake_engine import FakeInfo
+
+    worse = FakeInfo("Lesion", n_images=1, iou_sam=0.62, iou_task=0.615)
+    line = _texts.describe_result(worse, 4.0).split("\n")[1]
+    assert line.startswith(
+        "No gain on held-out slices yet (-0.5 IoU points, learning curve: 1 slice)"
+    )
+    assert "correct more slices" in line
+    unmeasured = _texts.describe_result(FakeInfo("Lesion", iou_sam=None, iou_task=None), 4.0)
+    assert "\n" not in unmeasured and unmeasured.endswith("so no IoU was measured.")
+
+
 def test_cancel_a_training_saves_nothing(monkeypatch):
     monkeypatch.setenv("CASAM_NAPARI_NOTHREADS", "1")
     session = FakeSession()
