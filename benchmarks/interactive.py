@@ -13,12 +13,17 @@ Sections: ``diagnose`` (per slice, validation: propagated vs ground truth, SAM's
 with the GT box), ``tune`` (each way of carrying the box run once with no stop rule, then cut by
 each stop rule: exact, a stop only ends a direction), ``plain`` (3-D from one box with plain
 SAM, beside the bound "GT box on every slice" and interpolation of the boxes of the first and
-last slice), ``times`` (propagation s/slice uncached and cached, a click on a cached slice),
-``learned`` (the box-only check of tasks learned with and without click prompts, and the learned
-tasks' 3-D routed per slice and by volume majority) and ``clicks`` (IoU after 1, 3, 5 clicks at
-the centre of the largest error region, NoC@85/90 capped at 20, on each task's test split).
-Tasks are learned with the default LearnSettings on each task's training split
-(datasets.load_tasks), with point prompts (point_share 0.3) and, for the box-only check, without.
+last slice), ``times`` (propagation s/slice uncached and cached, a click on a cached slice
+with the product's rule, with SAM boxes forced and with SAM point prompts, and the decoder
+calls of each click), ``learned`` (the box-only check and the learned tasks' 3-D routed per
+slice and by volume majority), ``box_check`` (the box-only check alone: box IoU of tasks
+learned with and without click prompts), ``click_tune`` (every click rule of CLICK_RULES on 6
+slices of each validation organ, plain SAM, cap 10; then the best few on the validation organ's
+learned task) and ``clicks`` (IoU after 1, 3, 5 clicks at the centre of the largest error
+region, NoC@85/90 capped at 20, on each task's test split: plain SAM and learned tasks, the
+product's rule and SAM's point prompts). Tasks are learned with the default LearnSettings on
+each task's training split (datasets.load_tasks), with point prompts (point_share 0.3) and
+from boxes only (point_share 0, the default).
 """
 
 from __future__ import annotations
@@ -274,6 +279,7 @@ CLICK_RULES = {
     "SAM from 4 px (off-object negatives), logits fill 2 below": {"reach": 2.0},
     "SAM from 8 px (off-object negatives), logits fill 1.5 below": {"sam_from": 8.0, "reach": 1.5},
     "SAM from 4 px, positives only; logits fill 1.25": {"negative": "disc"},
+    "SAM from 4 px, negatives only; logits fill 1.25": {"sam_positive": False},
 }
 CLICK_TUNE_MAX = 10  # the tuning's click cap (the test protocol's is 20)
 
@@ -322,8 +328,26 @@ def learn(p, task, point_share: float) -> str:
     return name
 
 
+def click_times(p, image, gt, settings, mode: str, n: int = 7) -> tuple[float, list[int]]:
+    """Median ms of a click on a cached slice (the simulated user's clicks after the first),
+    and the decoder calls of each click."""
+    from casam.clicks import ClickSession, next_click
+
+    s = ClickSession(p, image, box_of(gt), task="sam", mode=mode, settings=settings)
+    ts, dec = [], []
+    for _ in range(n):
+        c = next_click(s.mask, gt)
+        if c is None:
+            break
+        t = time.perf_counter()
+        s.add(c.x, c.y, c.positive)
+        ts.append(time.perf_counter() - t)
+        dec.append(s.decodes)
+    return float(np.median(ts[1:]) * 1000), dec
+
+
 def timings(p, name: str) -> dict:
-    from casam.clicks import ClickSession
+    from casam.correct import ClickSettings
     from casam.predictor import Predictor
     from casam.propagate import propagate
 
@@ -335,13 +359,11 @@ def timings(p, name: str) -> dict:
         t = time.perf_counter()
         r = propagate(fresh, vol, k, box=box_of(gt[k]), task="sam")
         out[f"propagate_s_per_slice_{label}"] = (time.perf_counter() - t) / len(r.slices)
-    s = ClickSession(fresh, vol[k], box_of(gt[k]), task="sam", mode="points")
-    ts = []
-    for i in range(7):
-        t = time.perf_counter()
-        s.add(*box_of(gt[k])[:2] + 3 + i, True)
-        ts.append(time.perf_counter() - t)
-    out["click_ms_cached"] = float(np.median(ts[1:]) * 1000)
+    rules = {"": None, "_sam_boxes": ClickSettings(sam_from=0.0), "_points": None}
+    for suffix, rule in rules.items():
+        mode = "points" if suffix == "_points" else "local"
+        ms, dec = click_times(fresh, vol[k], gt[k], rule, mode)
+        out[f"click_ms_cached{suffix}"], out[f"click_decodes{suffix}"] = ms, dec
     out["load_avg_1m"] = round(os.getloadavg()[0], 2)
     out["machine"] = machine()
     return out
@@ -352,13 +374,16 @@ def learned_sections(p, p_box, res: dict, save, settings: dict, sections) -> Non
     import datasets
 
     tasks = {t.name: t for t in datasets.load_tasks()}
+    if "learned" in sections or "box_check" in sections:
+        box_only_check(p, p_box, tasks, res, save)
     if "learned" in sections:
-        learned_three_d(p, p_box, tasks, res, save, settings)
+        learned_three_d(p, res, save, settings)
     if "clicks" in sections:
         clicks_section(p, p_box, tasks, res, save)
 
 
-def learned_three_d(p, p_box, tasks, res: dict, save, settings: dict) -> None:
+def box_only_check(p, p_box, tasks, res: dict, save) -> None:
+    """Box IoU of the tasks learned with click prompts (p) and from boxes only (p_box)."""
     print("4. tasks (default schedule), with and without click prompts", flush=True)
     res["box_only_check"] = {}
     for name in LEARN_TASKS:
@@ -372,6 +397,9 @@ def learned_three_d(p, p_box, tasks, res: dict, save, settings: dict) -> None:
         }
         print(f"  {name}: {res['box_only_check'][name]}", flush=True)
     save()
+
+
+def learned_three_d(p, res: dict, save, settings: dict) -> None:
     print("5. 3-D from one box, learned tasks", flush=True)
     for name, (_, _, _, task) in VOLUMES.items():
         if task is not None:
@@ -443,7 +471,7 @@ def merge(dst: dict, src: dict) -> dict:
     return dst
 
 
-SECTIONS = ("diagnose", "tune", "plain", "times", "learned", "click_tune", "clicks")
+SECTIONS = ("diagnose", "tune", "plain", "times", "learned", "box_check", "click_tune", "clicks")
 
 
 def main(argv=None) -> int:
@@ -503,7 +531,7 @@ def main(argv=None) -> int:
         res["times"] = timings(p, "MR liver")
         print(f"  {res['times']}", flush=True)
         save()
-    if "learned" in sections or "clicks" in sections:
+    if {"learned", "box_check", "clicks"} & set(sections):
         p_box = Predictor(backbone=p.backbone, library=LIB_BOX_ONLY, disk_cache=EMB_CACHE)
         learned_sections(p, p_box, res, save, settings, sections)
     res["finished"] = {n: res["machine"]["date"] for n in sections}

@@ -48,6 +48,8 @@ class ClickSettings:
     within ``reach`` x its scale (SAM's own uncertainty along the mask's edge)."""
     reach: float = 1.25
     """How far a ``logits`` fill reaches, as a multiple of the click's scale."""
+    sam_positive: bool = True
+    """Coarse positive clicks ask SAM too (else they are filled like fine ones)."""
     negative: str = "outside"
     """What SAM's local mask tells a negative click: ``outside`` (the click lies off the object
     SAM finds in the box: remove the mask's part off it), ``inside`` (SAM's local object holds
@@ -135,7 +137,7 @@ def correct(predictor, e, task, state: State, x: float, y: float, positive: bool
         return State(m, state.logits, state.score, state.decodes, state.sam_logits)
     scale = click_scale(m, x, y, positive)
     part, lo, n = None, state.logits, 0
-    if scale >= s.sam_from:
+    if scale >= s.sam_from and (s.sam_positive or not positive):
 
         def decode(b):
             return predictor.sam_prompts(e, b, task)
