@@ -13,12 +13,17 @@ Sections: ``diagnose`` (per slice, validation: propagated vs ground truth, SAM's
 with the GT box), ``tune`` (each way of carrying the box run once with no stop rule, then cut by
 each stop rule: exact, a stop only ends a direction), ``plain`` (3-D from one box with plain
 SAM, beside the bound "GT box on every slice" and interpolation of the boxes of the first and
-last slice), ``times`` (propagation s/slice uncached and cached, a click on a cached slice),
-``learned`` (the box-only check of tasks learned with and without click prompts, and the learned
-tasks' 3-D routed per slice and by volume majority) and ``clicks`` (IoU after 1, 3, 5 clicks at
-the centre of the largest error region, NoC@85/90 capped at 20, on each task's test split).
-Tasks are learned with the default LearnSettings on each task's training split
-(datasets.load_tasks), with point prompts (point_share 0.3) and, for the box-only check, without.
+last slice), ``times`` (propagation s/slice uncached and cached, a click on a cached slice
+with the product's rule, with SAM boxes forced and with SAM point prompts, and the decoder
+calls of each click), ``learned`` (the box-only check and the learned tasks' 3-D routed per
+slice and by volume majority), ``box_check`` (the box-only check alone: box IoU of tasks
+learned with and without click prompts), ``click_tune`` (every click rule of CLICK_RULES on 6
+slices of each validation organ, plain SAM, cap 10; then the best few on the validation organ's
+learned task) and ``clicks`` (IoU after 1, 3, 5 clicks at the centre of the largest error
+region, NoC@85/90 capped at 20, on each task's test split: plain SAM and learned tasks, the
+product's rule and SAM's point prompts). Tasks are learned with the default LearnSettings on
+each task's training split (datasets.load_tasks), with point prompts (point_share 0.3) and
+from boxes only (point_share 0, the default).
 """
 
 from __future__ import annotations
@@ -215,22 +220,28 @@ def tune(p) -> dict:
     return out
 
 
-def clicks_to_quality(p, pairs, task, n_max: int = 20, most: int = 6) -> dict:
+def clicks_to_quality(
+    p, pairs, task, n_max: int = 20, most: int = 6, mode: str = "local", settings=None
+) -> dict:
+    """The click protocol on ``most`` (image, mask) pairs: IoU after 0/1/3/5 clicks, NoC@85/90
+    (capped at ``n_max``), beside NoC of clicks that change nothing (``noc90_no_change``:
+    the bar a click rule must beat), and decoder calls per click."""
     from _common import evenly
 
     from casam.clicks import ClickSession, next_click
     from casam.metrics import iou
 
-    curves, noc = [], {85: [], 90: []}
+    curves, noc, decodes = [], {85: [], 90: []}, []
     for img, m in evenly(pairs, most):
         gt = np.asarray(m) > 0
-        s = ClickSession(p, img, box_of(gt), task=task)
+        s = ClickSession(p, img, box_of(gt), task=task, mode=mode, settings=settings)
         ious = [iou(s.mask, gt)]
         while len(ious) <= n_max and ious[-1] < 0.90:
             c = next_click(s.mask, gt)
             if c is None:
                 break
             s.add(c.x, c.y, c.positive)
+            decodes.append(s.decodes)
             ious.append(iou(s.mask, gt))
         ious += [ious[-1]] * (n_max + 1 - len(ious))
         curves.append(ious)
@@ -240,7 +251,62 @@ def clicks_to_quality(p, pairs, task, n_max: int = 20, most: int = 6) -> dict:
     c = np.array(curves)
     out = {f"iou_after_{n}": float(c[:, n].mean()) for n in (0, 1, 3, 5)}
     out.update({f"noc{t}": float(np.mean(v)) for t, v in noc.items()})
-    out["images"], out["mode"] = len(curves), s.mode
+    out["noc90_no_change"] = float(np.mean([0 if v >= 0.9 else n_max for v in c[:, 0]]))
+    out["decodes_per_click"] = float(np.mean(decodes)) if decodes else 0.0
+    out["images"], out["mode"] = len(curves), mode
+    return out
+
+
+#: Click rules tried on the validation organs (ClickSettings fields; "mode": "points" is SAM's
+#: own point prompts). The first is the product's default.
+_DISC = {"fill": "disc", "negative": "inside"}
+CLICK_RULES = {
+    "SAM boxes x1.5, x3 from 4 px (off-object negatives), logits fill 1.25 below (default)": {},
+    "SAM point prompts": {"mode": "points"},
+    "SAM boxes x1.5, x3 (on-object negatives) from 3 px, disc below": {**_DISC, "sam_from": 3.0},
+    "SAM boxes x1.5, x3 from 0 px": {**_DISC, "sam_from": 0.0},
+    "SAM boxes x2, x4 from 3 px": {**_DISC, "sam_from": 3.0, "sizes": (2.0, 4.0)},
+    "SAM boxes x1, x2, x3 from 3 px": {**_DISC, "sam_from": 3.0, "sizes": (1.0, 2.0, 3.0)},
+    "SAM from 4 px (on-object negatives), disc below": {**_DISC, "sam_from": 4.0},
+    "disc": {**_DISC, "sam_from": float("inf")},
+    "disc x1.5": {**_DISC, "sam_from": float("inf"), "disc": 1.5},
+    "logits fill, reach 1": {"sam_from": float("inf"), "reach": 1.0},
+    "logits fill, reach 1.25": {"sam_from": float("inf")},
+    "logits fill, reach 1.5": {"sam_from": float("inf"), "reach": 1.5},
+    "logits fill, reach 2": {"sam_from": float("inf"), "reach": 2.0},
+    "logits fill, reach 3": {"sam_from": float("inf"), "reach": 3.0},
+    "SAM from 4 px (off-object negatives), logits fill 1.5 below": {"reach": 1.5},
+    "SAM from 4 px (off-object negatives), logits fill 2 below": {"reach": 2.0},
+    "SAM from 8 px (off-object negatives), logits fill 1.5 below": {"sam_from": 8.0, "reach": 1.5},
+    "SAM from 4 px, positives only; logits fill 1.25": {"negative": "disc"},
+    "SAM from 4 px, negatives only; logits fill 1.25": {"sam_positive": False},
+}
+CLICK_TUNE_MAX = 10  # the tuning's click cap (the test protocol's is 20)
+
+
+def click_tune(p, rules=None) -> dict:
+    """Every click rule on 6 slices of each validation organ, plain SAM (cap CLICK_TUNE_MAX)."""
+    from casam.correct import ClickSettings
+
+    data = {}
+    for n in VALIDATION:
+        vol, gt = axial_volume(n)
+        data[n] = [(vol[k], gt[k]) for k in range(len(gt)) if gt[k].any()]
+    out = {}
+    for rule in rules or CLICK_RULES:
+        kw = dict(CLICK_RULES[rule])
+        mode = kw.pop("mode", "local")
+        row = {
+            n: clicks_to_quality(
+                p, pairs, "sam", CLICK_TUNE_MAX, mode=mode, settings=ClickSettings(**kw)
+            )
+            for n, pairs in data.items()
+        }
+        row["mean"] = {k: float(np.mean([row[n][k] for n in data])) for k in row[VALIDATION[0]]
+                       if k not in ("mode", "images")}  # fmt: skip
+        out[rule] = row
+        print(f"  {rule}: {json.dumps({k: round(v, 3) for k, v in row['mean'].items()})}",
+              flush=True)  # fmt: skip
     return out
 
 
@@ -262,8 +328,26 @@ def learn(p, task, point_share: float) -> str:
     return name
 
 
+def click_times(p, image, gt, settings, mode: str, n: int = 7) -> tuple[float, list[int]]:
+    """Median ms of a click on a cached slice (the simulated user's clicks after the first),
+    and the decoder calls of each click."""
+    from casam.clicks import ClickSession, next_click
+
+    s = ClickSession(p, image, box_of(gt), task="sam", mode=mode, settings=settings)
+    ts, dec = [], []
+    for _ in range(n):
+        c = next_click(s.mask, gt)
+        if c is None:
+            break
+        t = time.perf_counter()
+        s.add(c.x, c.y, c.positive)
+        ts.append(time.perf_counter() - t)
+        dec.append(s.decodes)
+    return float(np.median(ts[1:]) * 1000), dec
+
+
 def timings(p, name: str) -> dict:
-    from casam.clicks import ClickSession
+    from casam.correct import ClickSettings
     from casam.predictor import Predictor
     from casam.propagate import propagate
 
@@ -275,13 +359,11 @@ def timings(p, name: str) -> dict:
         t = time.perf_counter()
         r = propagate(fresh, vol, k, box=box_of(gt[k]), task="sam")
         out[f"propagate_s_per_slice_{label}"] = (time.perf_counter() - t) / len(r.slices)
-    s = ClickSession(fresh, vol[k], box_of(gt[k]), task="sam", mode="points")
-    ts = []
-    for i in range(7):
-        t = time.perf_counter()
-        s.add(*box_of(gt[k])[:2] + 3 + i, True)
-        ts.append(time.perf_counter() - t)
-    out["click_ms_cached"] = float(np.median(ts[1:]) * 1000)
+    rules = {"": None, "_sam_boxes": ClickSettings(sam_from=0.0), "_points": None}
+    for suffix, rule in rules.items():
+        mode = "points" if suffix == "_points" else "local"
+        ms, dec = click_times(fresh, vol[k], gt[k], rule, mode)
+        out[f"click_ms_cached{suffix}"], out[f"click_decodes{suffix}"] = ms, dec
     out["load_avg_1m"] = round(os.getloadavg()[0], 2)
     out["machine"] = machine()
     return out
@@ -292,13 +374,16 @@ def learned_sections(p, p_box, res: dict, save, settings: dict, sections) -> Non
     import datasets
 
     tasks = {t.name: t for t in datasets.load_tasks()}
+    if "learned" in sections or "box_check" in sections:
+        box_only_check(p, p_box, tasks, res, save)
     if "learned" in sections:
-        learned_three_d(p, p_box, tasks, res, save, settings)
+        learned_three_d(p, res, save, settings)
     if "clicks" in sections:
-        clicks_section(p, tasks, res, save)
+        clicks_section(p, p_box, tasks, res, save)
 
 
-def learned_three_d(p, p_box, tasks, res: dict, save, settings: dict) -> None:
+def box_only_check(p, p_box, tasks, res: dict, save) -> None:
+    """Box IoU of the tasks learned with click prompts (p) and from boxes only (p_box)."""
     print("4. tasks (default schedule), with and without click prompts", flush=True)
     res["box_only_check"] = {}
     for name in LEARN_TASKS:
@@ -312,6 +397,9 @@ def learned_three_d(p, p_box, tasks, res: dict, save, settings: dict) -> None:
         }
         print(f"  {name}: {res['box_only_check'][name]}", flush=True)
     save()
+
+
+def learned_three_d(p, res: dict, save, settings: dict) -> None:
     print("5. 3-D from one box, learned tasks", flush=True)
     for name, (_, _, _, task) in VOLUMES.items():
         if task is not None:
@@ -321,16 +409,59 @@ def learned_three_d(p, p_box, tasks, res: dict, save, settings: dict) -> None:
             save()
 
 
-def clicks_section(p, tasks, res: dict, save) -> None:
-    print("6. clicks to quality (test splits)", flush=True)
+#: The learned task the click rule is checked on in validation (a validation organ's task,
+#: learned from boxes only); the test tasks are CLICK_TASKS.
+CLICK_VALIDATION_TASK = "CT spleen"
+#: The click rules also run on the learned validation task (the best few of CLICK_RULES).
+LEARNED_RULES = (
+    "SAM boxes x1.5, x3 from 4 px (off-object negatives), logits fill 1.25 below (default)",
+    "SAM point prompts",
+    "disc",
+    "logits fill, reach 1.25",
+)
+
+
+def clicks_section(p, p_box, tasks, res: dict, save) -> None:
+    """Clicks to quality: plain SAM and the learned tasks, the product's rule and SAM's point
+    prompts; learned tasks from boxes only (p_box) and with point prompts (p)."""
+    print("6. clicks to quality (CT spleen: validation; the rest test splits)", flush=True)
     res["clicks"] = {}
-    for name in CLICK_TASKS:
-        res["clicks"][name] = {
-            "plain SAM": clicks_to_quality(p, tasks[name].test, "sam"),
-            "learned task": clicks_to_quality(p, tasks[name].test, name),
+    for name in (CLICK_VALIDATION_TASK, *CLICK_TASKS):
+        pairs = tasks[name].test
+        learn(p_box, tasks[name], 0.0)
+        row = {
+            "plain SAM": clicks_to_quality(p, pairs, "sam"),
+            "plain SAM, SAM point prompts": clicks_to_quality(p, pairs, "sam", mode="points"),
+            "learned task (boxes only)": clicks_to_quality(p_box, pairs, name),
+            "learned task (boxes only), SAM point prompts": clicks_to_quality(
+                p_box, pairs, name, mode="points"
+            ),
         }
-        print(f"  {name}: {json.dumps(res['clicks'][name])}", flush=True)
+        if name in p.task_names:  # learned with point prompts (section "learned")
+            row["learned task (with points), SAM point prompts"] = clicks_to_quality(
+                p, pairs, name, mode="points"
+            )
+            row["learned task (with points)"] = clicks_to_quality(p, pairs, name)
+        res["clicks"][name] = row
+        print(f"  {name}: {json.dumps(row)}", flush=True)
         save()
+
+
+def click_tune_learned(p_box, tasks: dict) -> dict:
+    """LEARNED_RULES on the validation organ's learned task (its test split, cap 10)."""
+    from casam.correct import ClickSettings
+
+    name = CLICK_VALIDATION_TASK
+    learn(p_box, tasks[name], 0.0)
+    out = {}
+    for rule in LEARNED_RULES:
+        kw = dict(CLICK_RULES[rule])
+        mode = kw.pop("mode", "local")
+        out[rule] = clicks_to_quality(
+            p_box, tasks[name].test, name, CLICK_TUNE_MAX, mode=mode, settings=ClickSettings(**kw)
+        )
+        print(f"  {name} (learned), {rule}: {json.dumps(out[rule])}", flush=True)
+    return out
 
 
 def merge(dst: dict, src: dict) -> dict:
@@ -340,7 +471,7 @@ def merge(dst: dict, src: dict) -> dict:
     return dst
 
 
-SECTIONS = ("diagnose", "tune", "plain", "times", "learned", "clicks")
+SECTIONS = ("diagnose", "tune", "plain", "times", "learned", "box_check", "click_tune", "clicks")
 
 
 def main(argv=None) -> int:
@@ -354,6 +485,7 @@ def main(argv=None) -> int:
         help="{volume: {'plain SAM': {figure: value}}}: settings-independent plain-SAM figures "
         "(gt_box_every_slice, interpolated_boxes, one_box_slice_before) of an earlier run",
     )
+    ap.add_argument("--rules", nargs="+", choices=list(CLICK_RULES), help="click rules to tune")
     ap.add_argument("--volumes", nargs="+", choices=list(VOLUMES), help="volumes of section 2")
     args = ap.parse_args(argv)
     sections = ["times"] if args.times_only else (args.only or list(SECTIONS))
@@ -380,6 +512,17 @@ def main(argv=None) -> int:
         res["tuning"] = tune(p)
         res["best_on_validation"] = max(res["tuning"], key=lambda c: res["tuning"][c]["mean"])
         save()
+    if "click_tune" in sections:
+        print("1b. click rules, on the validation organs (plain SAM)", flush=True)
+        res["click_tuning"] = click_tune(p, args.rules)
+        save()
+        if not args.rules:
+            import datasets
+
+            tasks = {t.name: t for t in datasets.load_tasks()}
+            p_box = Predictor(backbone=p.backbone, library=LIB_BOX_ONLY, disk_cache=EMB_CACHE)
+            res["click_tuning_learned"] = click_tune_learned(p_box, tasks)
+            save()
     if "plain" in sections:
         reuse = json.loads(Path(args.reuse).read_text()) if args.reuse else {}
         plain_section(p, res, save, settings, reuse, args.volumes or list(VOLUMES))
@@ -388,7 +531,7 @@ def main(argv=None) -> int:
         res["times"] = timings(p, "MR liver")
         print(f"  {res['times']}", flush=True)
         save()
-    if "learned" in sections or "clicks" in sections:
+    if {"learned", "box_check", "clicks"} & set(sections):
         p_box = Predictor(backbone=p.backbone, library=LIB_BOX_ONLY, disk_cache=EMB_CACHE)
         learned_sections(p, p_box, res, save, settings, sections)
     res["finished"] = {n: res["machine"]["date"] for n in sections}

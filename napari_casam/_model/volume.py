@@ -54,13 +54,14 @@ def job_propagate(
 
 
 def job_click(session: Any, image: np.ndarray, state: dict, key: tuple, click: tuple, task: str):
-    """Add one click to the object's ClickSession (made on first use); returns its mask."""
+    """Add one click to the object's ClickSession (made on first use from ``click[3]``, its
+    start: ``{"mask": ...}`` the mask on screen or ``{"box": ...}``); returns its mask."""
     from casam.clicks import ClickSession
 
     yield "Updating the mask…"
     p = session.predictor or session._ensure()
     if key not in state:
-        state[key] = ClickSession(p, image, click[3], task=task)
+        state[key] = ClickSession(p, image, task=task, **click[3])
     state[key].add(*click[:3])
     return state[key].mask
 
@@ -171,12 +172,11 @@ class VolumeTools:
                 label = next_label(masks.data)
                 masks.selected_label = label
         key = (self.dock.token, label, index)
-        box = self._last_box(image, index) if key not in self._clicks else None
-        if box is None and key not in self._clicks and (current == label).any():
-            from casam.preprocess import mask_box
-
-            box = mask_box(current == label)
-        click = (x, y, not self.negative, box)
+        start: dict = {}  # the clicks correct the mask on screen (else the last box's mask)
+        if key not in self._clicks:
+            mine = current == label
+            start = {"mask": mine} if mine.any() else {"box": self._last_box(image, index)}
+        click = (x, y, not self.negative, start)
         job = Job(
             partial(job_click, self.dock.session),
             (plane(image.data, index), self._clicks, key, click, self.dock.override),

@@ -1,8 +1,10 @@
-"""Correcting a mask with clicks: a box plus positive/negative points on one slice, with undo.
+"""Correcting a mask with clicks: a box plus positive/negative clicks on one slice, with undo.
 
 :class:`ClickSession` is the state of one object on one slice (the dock keeps one per object and
-slice; the benchmark drives one with simulated clicks). Each click re-predicts from the box, all
-clicks so far and, when ``use_logits``, the previous low-res logits as SAM's ``mask_input``.
+slice; the benchmark drives one with simulated clicks). Each click is a local correction of the
+current mask (``casam.correct``: the rule ``Predictor.predict(points=...)`` and ``casam segment
+--point/--negative-point`` apply too); ``mode="points"`` sends every click to SAM as a point
+prompt instead (SAM's own way, kept to compare: docs/benchmark-interactive.md).
 :func:`next_click` is the standard simulated user of interactive-segmentation papers: the next
 click goes to the centre (the pixel farthest from its edge) of the largest error region, positive
 on missed foreground, negative on a false positive.
@@ -14,12 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from casam.correct import ClickSettings, State, start_state, step
 from casam.errors import InputError
-
-#: Feed the previous logits back with each click (docs/benchmark-interactive.md decides).
-USE_LOGITS = False
-#: Pixels a box edit leaves between a click and the box's side.
-EDIT_PAD = 2.0
 
 
 @dataclass(frozen=True)
@@ -52,43 +50,15 @@ def next_click(pred: np.ndarray, gt: np.ndarray) -> Click | None:
     return Click(float(c), float(r), best[2])
 
 
-def edit_box(box: np.ndarray | None, clicks: list[Click], height: int, width: int) -> np.ndarray:
-    """Clicks as box edits, for a model that only understands boxes (plain LiteMedSAM was
-    trained on boxes only and ignores or misreads points): a positive click outside the box
-    widens it to reach the click, a negative click inside moves the nearest side past it.
-    Returns (1, 4) XYXY."""
-    pos = [c for c in clicks if c.positive]
-    if box is None:
-        if not pos:
-            raise InputError(
-                "only negative clicks and no object yet: draw a box or click the object"
-            )
-        b = np.array([pos[0].x, pos[0].y, pos[0].x + 1, pos[0].y + 1]) + [-8, -8, 8, 8]
-    else:
-        b = np.asarray(box, dtype=float).reshape(4).copy()
-    for c in clicks:
-        inside = b[0] <= c.x < b[2] and b[1] <= c.y < b[3]
-        if c.positive and not inside:
-            b[:2] = np.minimum(b[:2], [c.x - EDIT_PAD, c.y - EDIT_PAD])
-            b[2:] = np.maximum(b[2:], [c.x + 1 + EDIT_PAD, c.y + 1 + EDIT_PAD])
-        elif not c.positive and inside:
-            gaps = [c.x - b[0], c.y - b[1], b[2] - c.x, b[3] - c.y]
-            side = int(np.argmin(gaps))
-            b[side] = (c.x, c.y, c.x, c.y)[side] + (1 if side < 2 else 0)
-            if b[2] - b[0] < 1 or b[3] - b[1] < 1:
-                raise InputError("that negative click leaves no box: undo it or click elsewhere")
-    return np.clip(b, 0, [width, height, width, height])[None]
-
-
 class ClickSession:
-    """A box and clicks on one object of one 2-D image, with undo (one predictor call a click).
+    """A box and clicks on one object of one 2-D image, with undo.
 
-    ``predictor``: a :class:`casam.predictor.Predictor` (or anything with its ``embed`` and
-    ``predict_embedding``); ``box``: XYXY original pixels or None (clicks only); ``mask_input``:
-    logits to start from (e.g. the slice's propagated result). ``mode``: ``points`` sends the
-    clicks to SAM as point prompts; ``box`` turns them into box edits (:func:`edit_box`);
-    ``auto``: points for a task learned with point prompts, box edits for plain SAM and tasks
-    learned from boxes only.
+    ``predictor``: a :class:`casam.predictor.Predictor` (or anything with its ``embed``,
+    ``resolve_task`` and ``sam_prompts``); ``box``: XYXY original pixels or None (clicks only);
+    ``mask_input``: logits to start from; ``mask``: an (H, W) mask to start from as it is (the
+    mask on screen, e.g. a propagated slice's: the clicks correct it). ``mode``:
+    ``local`` (the product's rule, ``casam.correct``) or ``points`` (every click a SAM point
+    prompt, with the previous logits as ``mask_input`` when ``use_logits``).
     """
 
     def __init__(
@@ -97,75 +67,78 @@ class ClickSession:
         image: np.ndarray,
         box: np.ndarray | None = None,
         task: str | None = "auto",
-        use_logits: bool = USE_LOGITS,
         mask_input: np.ndarray | None = None,
-        mode: str = "auto",
+        mask: np.ndarray | None = None,
+        mode: str = "local",
+        settings: ClickSettings | None = None,
+        use_logits: bool = False,
     ):
-        self.predictor, self.task, self.use_logits = predictor, task, use_logits
+        if mode not in ("local", "points"):
+            raise ValueError(f"mode must be 'local' or 'points', got {mode!r}")
+        self.predictor, self.mode, self.use_logits = predictor, mode, use_logits
+        self.settings = settings or ClickSettings()
         self.embedding = predictor.embed(image)
-        self.image_shape = np.asarray(image).shape[:2]
-        self.mode = mode if mode != "auto" else _click_mode(predictor, self.embedding, task)
+        name, self.route = predictor.resolve_task(self.embedding, task)
+        self.task = name or "sam"
         self.box = None if box is None else np.asarray(box, dtype=float).reshape(1, 4)
         self.clicks: list[Click] = []
-        self._start_logits = mask_input
-        self._history: list = []
-        if self.box is not None:
-            self._history.append(self._predict(mask_input))
+        start = start_state(predictor, self.embedding, self.box, self.task, mask_input, mask)
+        self._history: list[State | None] = [start]
+        self.decodes = 0
+        """Decoder calls of the last click (the latency of a click is about this many decodes)."""
 
     @property
-    def prediction(self):
-        """The latest Prediction (None before the first prompt)."""
-        return self._history[-1] if self._history else None
+    def state(self) -> State | None:
+        """The object's current mask, logits and SAM estimate (None before the first prompt)."""
+        return self._history[-1]
 
     @property
     def mask(self) -> np.ndarray | None:
-        p = self.prediction
-        return None if p is None else p.masks[0]
+        return None if self.state is None else self.state.mask
 
-    def _predict(self, logits: np.ndarray | None):
-        box, pts, labels = self.box, None, None
-        if self.mode == "box" and self.clicks:
-            h, w = np.asarray(self.image_shape)
-            box = edit_box(self.box, self.clicks, int(h), int(w))
-        elif self.clicks:
-            pts = [(c.x, c.y) for c in self.clicks]
-            labels = [int(c.positive) for c in self.clicks]
-        return self.predictor.predict_embedding(
+    def _points(self) -> State:
+        prev = self.state
+        pred = self.predictor.sam_prompts(
             self.embedding,
-            box,
+            self.box,
             self.task,
-            points=pts,
-            labels=labels,
-            mask_input=logits if self.use_logits else None,
+            points=[(c.x, c.y) for c in self.clicks],
+            labels=[int(c.positive) for c in self.clicks],
+            mask_input=prev.logits if self.use_logits and prev is not None else None,
         )
+        return State(pred.masks[0], pred.logits[0], float(pred.scores[0]), 1)
 
-    def add(self, x: float, y: float, positive: bool = True):
-        """Add a click and re-predict; returns the new Prediction (the session is unchanged
+    def add(self, x: float, y: float, positive: bool = True) -> State:
+        """Add a click and correct the mask; returns the new State (the session is unchanged
         when the click is refused)."""
+        from casam.prompts import check_points
+
+        h, w = self.image_shape
+        check_points([(x, y)], [int(bool(positive))], h, w)
         self.clicks.append(Click(float(x), float(y), bool(positive)))
-        prev = self.prediction
-        logits = prev.logits[0] if prev is not None else self._start_logits
         try:
-            pred = self._predict(logits)
+            if self.mode == "points":
+                new = self._points()
+            else:
+                e, s = self.embedding, self.settings
+                new = step(self.predictor, e, self.task, self.state, x, y, bool(positive), s)
         except InputError:
             self.clicks.pop()
             raise
-        self._history.append(pred)
-        return pred
+        before = 0 if self.state is None else self.state.decodes
+        self.decodes = new.decodes - before if self.mode == "local" else new.decodes
+        self._history.append(new)
+        return new
 
-    def undo(self):
-        """Remove the last click; returns the Prediction before it (None if none was left)."""
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        g = self.embedding.geometry
+        return g.height, g.width
+
+    def undo(self) -> State | None:
+        """Remove the last click; returns the State before it (None if no object was left)."""
         if not self.clicks:
             raise InputError("no click to undo on this object")
         self.clicks.pop()
         self._history.pop()
-        return self.prediction
-
-
-def _click_mode(predictor, embedding, task: str | None) -> str:
-    """``points`` when the task the image goes to was learned with point prompts, else ``box``."""
-    if not hasattr(predictor, "resolve_task"):
-        return "points"
-    name, _ = predictor.resolve_task(embedding, task)
-    info = predictor.task_infos.get(name) if name else None
-    return "points" if info is not None and info.settings.get("point_share", 0) > 0 else "box"
+        return self.state

@@ -282,20 +282,34 @@ class Predictor:
         labels: np.ndarray | Sequence | None = None,
         mask_input: np.ndarray | None = None,
     ) -> Prediction:
-        from casam.prompts import check_mask_input, check_points, points_to_input
+        """:meth:`predict` on an embedding. Points are clicks on one object, applied in order
+        as local corrections of the box's (or ``mask_input``'s) mask (``casam.correct``)."""
+        from casam.correct import apply_clicks
+
+        b, p, lab, _ = _check_prompts(e, boxes, points, labels, mask_input)
+        if not len(p):
+            return self.sam_prompts(e, b, task, mask_input=mask_input)
+        name, route = self.resolve_task(e, task)
+        clicks = [(float(x), float(y), bool(v)) for (x, y), v in zip(p, lab, strict=True)]
+        st = apply_clicks(self, e, b, clicks, name or "sam", mask_input)
+        return Prediction(st.mask[None], np.array([st.score]), route, name, st.logits[None])
+
+    def sam_prompts(
+        self,
+        e: Embedding,
+        boxes: np.ndarray | Sequence | None = None,
+        task: str | None = "auto",
+        points: np.ndarray | Sequence | None = None,
+        labels: np.ndarray | Sequence | None = None,
+        mask_input: np.ndarray | None = None,
+    ) -> Prediction:
+        """SAM's own decoding of boxes, point prompts and previous logits, in one decoder call
+        (points as SAM's point prompts; the product's clicks go through
+        :meth:`predict_embedding`)."""
+        from casam.prompts import points_to_input
 
         geo = e.geometry
-        b = None if boxes is None else check_boxes(boxes, geo.height, geo.width)
-        p, lab = check_points(points, labels, geo.height, geo.width)
-        m = check_mask_input(mask_input)
-        if b is None and len(p) == 0:
-            raise InputError("give a box or at least one point to segment an object")
-        if (len(p) or m is not None) and b is not None and len(b) > 1:
-            raise InputError(f"points and mask_input prompt one object; got {len(b)} boxes")
-        if b is None and m is None and not lab.any():
-            raise InputError(
-                "only negative points and no object yet: draw a box or add a positive point first"
-            )
+        b, p, lab, m = _check_prompts(e, boxes, points, labels, mask_input)
         name, route = self.resolve_task(e, task)
         z = self._aligned_z(e, name)
         with torch.no_grad():
@@ -322,3 +336,22 @@ class Predictor:
         from casam.propagate import propagate
 
         return propagate(self, volume, slice_index, **kwargs)
+
+
+def _check_prompts(e: Embedding, boxes, points, labels, mask_input) -> tuple:
+    """Checked (boxes or None, points (P, 2), labels (P,), mask_input tensor or None)."""
+    from casam.prompts import check_mask_input, check_points
+
+    geo = e.geometry
+    b = None if boxes is None else check_boxes(boxes, geo.height, geo.width)
+    p, lab = check_points(points, labels, geo.height, geo.width)
+    m = check_mask_input(mask_input)
+    if b is None and len(p) == 0:
+        raise InputError("give a box or at least one point to segment an object")
+    if (len(p) or m is not None) and b is not None and len(b) > 1:
+        raise InputError(f"points and mask_input prompt one object; got {len(b)} boxes")
+    if b is None and m is None and not lab.any():
+        raise InputError(
+            "only negative points and no object yet: draw a box or add a positive point first"
+        )
+    return b, p, lab, m

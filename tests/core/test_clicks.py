@@ -1,10 +1,11 @@
-"""Simulated clicks, click sessions with undo, point checks and training clicks (no model)."""
+"""Simulated clicks, point checks and training clicks (no model; the click rule and sessions:
+test_click_rule.py)."""
 
 import numpy as np
 import pytest
 import torch
 
-from casam.clicks import Click, ClickSession, next_click
+from casam.clicks import next_click
 from casam.errors import InputError
 from casam.preprocess import Geometry
 from casam.prompts import check_mask_input, check_points, points_to_input, sample_points
@@ -24,58 +25,6 @@ def test_next_click_goes_to_the_centre_of_the_largest_error():
     c = next_click(pred, gt)
     assert not c.positive and 26 <= c.y < 38
     assert next_click(gt, gt) is None
-
-
-class Pred:
-    def __init__(self, mask):
-        self.masks, self.scores, self.logits = mask[None], np.ones(1), np.zeros((1, 256, 256))
-
-
-class CountingPredictor:
-    """Mask = the box, plus a 3x3 square at each positive click, minus one at each negative."""
-
-    def embed(self, image):
-        return image
-
-    def predict_embedding(
-        self, e, boxes=None, task="auto", points=None, labels=None, mask_input=None
-    ):
-        m = np.zeros(e.shape, bool)
-        if boxes is not None:
-            x0, y0, x1, y1 = np.asarray(boxes, int).reshape(4)
-            m[y0:y1, x0:x1] = True
-        p, lab = check_points(points, labels, *e.shape)
-        if boxes is None and not lab.any():
-            raise InputError("only negative points")
-        for (x, y), lb in zip(p.astype(int), lab, strict=True):
-            m[max(0, y - 1) : y + 2, max(0, x - 1) : x + 2] = bool(lb)
-        return Pred(m)
-
-
-def test_click_session_adds_and_undoes_exactly():
-    img = np.zeros((30, 30))
-    s = ClickSession(CountingPredictor(), img, box=[5, 5, 15, 15])
-    m0 = s.mask.copy()
-    s.add(20, 20, positive=True)
-    assert s.mask[20, 20] and s.clicks == [Click(20.0, 20.0, True)]
-    s.add(10, 10, positive=False)
-    assert not s.mask[10, 10]
-    s.undo()
-    assert s.mask[10, 10] and s.mask[20, 20]
-    s.undo()
-    assert np.array_equal(s.mask, m0) and s.clicks == []
-    with pytest.raises(InputError, match="no click to undo"):
-        s.undo()
-
-
-def test_a_refused_click_leaves_the_session_unchanged():
-    s = ClickSession(CountingPredictor(), np.zeros((30, 30)))
-    with pytest.raises(InputError, match="negative"):
-        s.add(3, 3, positive=False)
-    assert s.clicks == [] and s.prediction is None
-    with pytest.raises(InputError, match="outside"):
-        s.add(40, 3)
-    assert s.clicks == []
 
 
 @pytest.mark.parametrize(
@@ -116,30 +65,3 @@ def test_training_clicks_fall_inside_for_positives_and_outside_for_negatives():
                 assert t[i, y, x] == 1
             elif lb == 0:
                 assert t[i, y, x] == 0 and 40 <= x < 140 and 80 <= y < 170
-
-
-def test_box_edits_reach_positive_clicks_and_cut_before_negative_ones():
-    from casam.clicks import edit_box
-
-    b = np.array([10, 10, 20, 20])
-    out = edit_box(b, [Click(25, 15, True)], 40, 40)[0]
-    assert out[2] >= 26 and out[0] == 10 and out[1] == 10 and out[3] == 20
-    out = edit_box(b, [Click(18, 15, False)], 40, 40)[0]
-    assert list(out) == [10, 10, 18, 20]  # the right side moved left of the click
-    out = edit_box(None, [Click(5, 5, True)], 40, 40)[0]
-    assert out[0] <= 5 < out[2] and out[1] <= 5 < out[3] and out.min() >= 0
-    with pytest.raises(InputError, match="negative"):
-        edit_box(None, [Click(5, 5, False)], 40, 40)
-
-
-def test_box_mode_sends_no_points():
-    seen = []
-
-    class Spy(CountingPredictor):
-        def predict_embedding(self, e, boxes=None, task="auto", points=None, **kw):
-            seen.append((np.asarray(boxes).copy(), points))
-            return super().predict_embedding(e, boxes, task, points, **kw)
-
-    s = ClickSession(Spy(), np.zeros((30, 30)), box=[5, 5, 15, 15], mode="box")
-    s.add(25, 10, True)
-    assert seen[-1][1] is None and seen[-1][0][0, 2] >= 26

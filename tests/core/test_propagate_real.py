@@ -47,10 +47,36 @@ def test_points_and_logits_reach_the_decoder(spleen):
     box = mask_box(gt[5])
     a = p.predict(box, task="sam")
     assert a.logits.shape == (1, 256, 256)
-    b = p.predict(box, task="sam", points=[[90, 70]], labels=[0], mask_input=a.logits[0])
+    raw = p.sam_prompts(p.embedding, box, "sam", [[90, 70]], [0], mask_input=a.logits[0])
+    assert raw.masks.shape == (1, *vol.shape[1:]) and not np.array_equal(a.masks, raw.masks)
     c = p.predict(points=[[97, 64]], labels=[1], task="sam")
-    assert b.masks.shape == c.masks.shape == (1, *vol.shape[1:])
-    assert not np.array_equal(a.masks, b.masks)
+    assert c.masks.shape == (1, *vol.shape[1:]) and (c.masks[0][64, 97] or not c.masks.any())
+
+
+def test_predict_with_points_is_the_click_rule_of_the_dock(spleen):
+    """A negative click through Predictor.predict changes the mask only near the click, and
+    gives exactly what a ClickSession (the dock's path) gives for the same click."""
+    from casam.clicks import ClickSession
+    from casam.correct import ClickSettings, click_scale, local_boxes
+
+    p, vol, gt = spleen
+    p.set_image(vol[5])
+    box = mask_box(gt[5])
+    a = p.predict(box, task="sam").masks[0]
+    ys, xs = np.nonzero(a)
+    x, y = int(np.median(xs)), int(np.median(ys))
+    assert a[y, x]
+    b = p.predict(box, task="sam", points=[[x, y]], labels=[0]).masks[0]
+    assert not b[y, x] and b.sum() < a.sum() and not (b & ~a).any()
+    reach = local_boxes(x, y, click_scale(a, x, y, False), a.shape, ClickSettings())
+    x0, y0 = np.floor(reach[:, :2].min(0)).astype(int)
+    x1, y1 = np.ceil(reach[:, 2:].max(0)).astype(int)
+    outside = np.ones_like(a)
+    outside[y0:y1, x0:x1] = False
+    assert np.array_equal(a[outside], b[outside])  # the rest of the mask is unchanged
+    s = ClickSession(p, vol[5], box, task="sam")
+    s.add(x, y, False)
+    assert np.array_equal(s.mask, b)
 
 
 @pytest.mark.parametrize(
