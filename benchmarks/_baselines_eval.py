@@ -3,7 +3,8 @@ each order, single-task IoU, routing and OOD, parameters and decode time.
 
 One scoring function for every method: ``_common.layer_scores`` (ground-truth box, IoU and
 Boundary IoU in the image's own pixels) with the method's module applied to the embedding and
-attached to the backbone (adapters hooked in, or the tuned decoder swapped in).
+decoding through the method's own mask decoder (``_baselines_models.decoder_of``: the adapted
+view of the decoder adapters, or the tuned copy; the shared backbone is never changed).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 
 import numpy as np
 import torch
-from _baselines_models import attached, trainable_parameters
+from _baselines_models import decoder_of, trainable_parameters
 from _common import box_of, layer_scores, median_ms
 from quality import cl_metrics
 
@@ -45,8 +46,9 @@ class Evaluator:
         k = json.dumps([list(pid), key])
         if k not in self.memo:
             model = self.models[key] if key is not None else None
-            with torch.no_grad(), attached(model, self.su.bb):
-                self.memo[k] = list(layer_scores(self.su.p, model, [pair])[0])
+            dec = decoder_of(model, self.su.bb)
+            with torch.no_grad():
+                self.memo[k] = list(layer_scores(self.su.p, model, [pair], dec)[0])
             self.new += 1
             if self.new % 20 == 0:
                 self.save()
@@ -216,7 +218,9 @@ def parameters(su, models) -> dict:
 @torch.no_grad()
 def decode_ms(su, models: dict, repeats: int) -> dict:
     """Median ms of one box's decode (module + prompt encoder + decoder), per kind of model.
-    EWC and LwF apply one Alignment Layer: the same cost as CA-SAM's."""
+    EWC and LwF apply one Alignment Layer: the same cost as CA-SAM's. As in the product, plain
+    SAM and the Alignment Layer decode through the compiled box decoder where the encoder runs
+    in OpenVINO, the decoder adapters and the tuned decoder in torch."""
     n = su.names[0]
     img, m = su.test[n][0]
     e = su.p.embed(img)
@@ -225,14 +229,16 @@ def decode_ms(su, models: dict, repeats: int) -> dict:
     out = {}
     for label, key in own_models(n):
         model = models[key] if key else None
-        with attached(model, su.bb):
-            out[label] = round(
-                median_ms(
-                    lambda model=model: su.bb.decode(model(z) if model is not None else z, bt),
-                    repeats,
+        dec = decoder_of(model, su.bb)
+        out[label] = round(
+            median_ms(
+                lambda model=model, dec=dec: su.bb.decode(
+                    model(z) if model is not None else z, bt, decoder=dec
                 ),
-                2,
-            )
+                repeats,
+            ),
+            2,
+        )
     return out
 
 

@@ -1,103 +1,36 @@
 """The models of the baselines benchmark (``baselines.py``), on the backbone's public modules.
 
 Every trainable piece here is an ``nn.Module`` whose ``forward`` is the identity on the image
-embedding, so ``casam.training.train_alignment`` (the very loop, schedule and loss of
-``learn_task``) trains it unchanged: it optimises the module's parameters while the module is
-*attached* to the backbone.
+embedding or the Alignment Layer itself, so ``casam.training.train_alignment`` (the very loop,
+schedule and loss of ``learn_task``) trains it unchanged, decoding through the module's own
+mask decoder (:func:`decoder_of`, passed as ``decoder=``; the shared backbone is never changed,
+and ``Backbone.decode`` bypasses the compiled box decoder for it).
 
-- :class:`DecoderAdapters` (SAM-DA style): a bottleneck adapter (down-projection, GELU,
-  zero-initialised up-projection, residual) after each attention and MLP sub-layer of the mask
-  decoder's two-way transformer, added by forward hooks while attached. Everything else stays
-  frozen; at init the decoder's output is unchanged.
-- :class:`DecoderCopy` (decoder tuning): a trainable copy of the whole mask decoder, swapped into
-  the backbone while attached.
+- decoder adapters (SAM-DA style): the product's :class:`casam.decoder_adapter.DecoderAdapters`
+  (the adapter kind ``"decoder"`` of ``casam learn --adapter decoder``), imported, not copied.
+- :class:`DecoderCopy` (decoder tuning): a trainable copy of the whole mask decoder.
 - EWC and LwF for ONE Alignment Layer trained task after task: their extra loss terms enter as
   gradient hooks (:func:`ewc_hooks` on the parameters, :func:`lwf_hooks` on the layer's output),
   whose gradients equal those of :func:`ewc_penalty` and :func:`lwf_loss` (tested).
-
-Not part of the product: ``casam`` is never edited for these.
 """
 
 from __future__ import annotations
 
 import copy
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 
-#: The sub-layers of each TwoWayAttentionBlock followed by an adapter (segment_anything's names).
-BLOCK_SITES = ("self_attn", "cross_attn_token_to_image", "mlp", "cross_attn_image_to_token")
-FINAL_SITE = "final_attn_token_to_image"
+from casam.decoder_adapter import DecoderAdapters, trainable_parameters
 
-
-def trainable_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-class Adapter(nn.Module):
-    """``x + up(gelu(down(x)))`` on (..., dim) tokens; ``up`` starts at zero (identity)."""
-
-    def __init__(self, dim: int, bottleneck: int):
-        super().__init__()
-        self.down = nn.Linear(dim, bottleneck)
-        self.act = nn.GELU()
-        self.up = nn.Linear(bottleneck, dim)
-        nn.init.zeros_(self.up.weight)
-        nn.init.zeros_(self.up.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.up(self.act(self.down(x)))
-
-
-def adapter_sites(transformer: nn.Module) -> list[str]:
-    """Names (inside the decoder's transformer) of the sub-layers that get an adapter."""
-    sites = [f"layers.{i}.{s}" for i in range(len(transformer.layers)) for s in BLOCK_SITES]
-    if hasattr(transformer, FINAL_SITE):
-        sites.append(FINAL_SITE)
-    return sites
-
-
-class DecoderAdapters(nn.Module):
-    """Bottleneck adapters for a SAM mask decoder; the identity on the image embedding.
-
-    The decoder is not a sub-module (it stays frozen and shared): :meth:`attached` hooks the
-    adapters into a backbone's ``mask_decoder`` for the duration of a ``with`` block."""
-
-    def __init__(self, decoder: nn.Module, bottleneck: int = 32):
-        super().__init__()
-        self.sites = adapter_sites(decoder.transformer)
-        dim = decoder.transformer_dim
-        self.adapters = nn.ModuleDict(
-            {s.replace(".", "_"): Adapter(dim, bottleneck) for s in self.sites}
-        )
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return z
-
-    @contextmanager
-    def attached(self, backbone) -> Iterator[None]:
-        transformer = backbone.mask_decoder.transformer
-        handles = []
-        try:
-            for s in self.sites:
-                adapter = self.adapters[s.replace(".", "_")]
-                handles.append(
-                    transformer.get_submodule(s).register_forward_hook(
-                        lambda _m, _inp, out, a=adapter: a(out)
-                    )
-                )
-            yield
-        finally:
-            for h in handles:
-                h.remove()
+__all__ = ["DecoderAdapters", "DecoderCopy", "decoder_of", "trainable_parameters"]
 
 
 class DecoderCopy(nn.Module):
-    """A trainable copy of a backbone's whole mask decoder; the identity on the embedding.
-
-    :meth:`attached` puts the copy in the backbone's place for a ``with`` block."""
+    """A trainable copy of a backbone's whole mask decoder; the identity on the embedding."""
 
     def __init__(self, decoder: nn.Module):
         super().__init__()
@@ -106,26 +39,20 @@ class DecoderCopy(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return z
 
-    @contextmanager
-    def attached(self, backbone) -> Iterator[None]:
-        frozen = backbone.mask_decoder
-        backbone.mask_decoder = self.decoder
-        try:
-            yield
-        finally:
-            backbone.mask_decoder = frozen
+
+_VIEWS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-@contextmanager
-def nothing_attached(backbone) -> Iterator[None]:
-    """The ``attached`` of an Alignment Layer (it acts on the embedding itself)."""
-    yield
-
-
-def attached(module: nn.Module | None, backbone):
-    """``module.attached(backbone)`` if it has one, else a no-op context."""
-    fn = getattr(module, "attached", None)
-    return fn(backbone) if fn is not None else nothing_attached(backbone)
+def decoder_of(module: nn.Module | None, backbone) -> nn.Module | None:
+    """The mask decoder ``module`` decodes with: a DecoderCopy's copy, decoder adapters'
+    adapted view of the backbone's decoder (built once per module), else None (the frozen one)."""
+    if isinstance(module, DecoderCopy):
+        return module.decoder
+    if isinstance(module, DecoderAdapters):
+        if module not in _VIEWS:
+            _VIEWS[module] = module.adapted(backbone.mask_decoder)
+        return _VIEWS[module]
+    return None
 
 
 # ---- EWC: a diagonal Fisher of the previous tasks, a quadratic pull towards the anchor --------

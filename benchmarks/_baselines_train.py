@@ -19,7 +19,7 @@ from _baselines_models import (
     DecoderAdapters,
     DecoderCopy,
     anchor_of,
-    attached,
+    decoder_of,
     diag_fisher,
     ewc_hooks,
     lwf_hooks,
@@ -77,7 +77,7 @@ def _load_state(path: Path) -> tuple[dict, dict]:
 
 def new_plug(kind: str, backbone) -> torch.nn.Module:
     if kind == "adapter":
-        return DecoderAdapters(backbone.mask_decoder, ADAPTER_BOTTLENECK)
+        return DecoderAdapters.for_decoder(backbone.mask_decoder, ADAPTER_BOTTLENECK)
     if kind == "decoder":
         return DecoderCopy(backbone.mask_decoder)
     raise ValueError(kind)
@@ -91,8 +91,8 @@ def per_task_model(kind: str, backbone, name: str, samples: Samples, s, work: Pa
         plug.load_state_dict(_load_state(path)[0])
         return plug.eval().requires_grad_(False)
     t0 = time.perf_counter()
-    with attached(plug, backbone):
-        plug = train_layer(backbone, samples, settings_with_lr(s, kind), layer=plug)
+    dec = decoder_of(plug, backbone)
+    plug = train_layer(backbone, samples, settings_with_lr(s, kind), layer=plug, decoder=dec)
     secs.put(f"{kind}:{name}", time.perf_counter() - t0)
     _save_module(plug, path)
     return plug

@@ -156,9 +156,12 @@ class Samples:
         )
 
 
-def train_layer(backbone, samples: Samples, settings, layer=None, seed: int | None = None):
+def train_layer(
+    backbone, samples: Samples, settings, layer=None, seed: int | None = None, decoder=None
+):
     """Train (or continue training) an Alignment Layer on ``samples`` with ``settings``' schedule
-    (``casam.training.train_alignment``: the loop of ``learn_task``)."""
+    (``casam.training.train_alignment``: the loop of ``learn_task``); ``layer`` may be another
+    module, decoding through ``decoder`` (``_baselines_models.decoder_of``)."""
     from casam.progress import drive
     from casam.training import train_alignment
 
@@ -167,7 +170,14 @@ def train_layer(backbone, samples: Samples, settings, layer=None, seed: int | No
     gen = torch.Generator().manual_seed(seed)
     return drive(
         train_alignment(
-            backbone, samples.z, samples.boxes, samples.targets, settings, layer=layer, gen=gen
+            backbone,
+            samples.z,
+            samples.boxes,
+            samples.targets,
+            settings,
+            layer=layer,
+            gen=gen,
+            decoder=decoder,
         )
     )
 
@@ -182,8 +192,9 @@ def load_layer(path, blocks: int):
 
 
 @torch.no_grad()
-def layer_scores(predictor, layer, pairs) -> list[tuple[float, float]]:
-    """(IoU, Boundary IoU) per (image, mask) pair with ``layer`` (None = plain SAM) applied."""
+def layer_scores(predictor, layer, pairs, decoder=None) -> list[tuple[float, float]]:
+    """(IoU, Boundary IoU) per (image, mask) pair with ``layer`` (None = plain SAM) applied,
+    decoded by ``decoder`` (None: the backbone's frozen one)."""
     from casam.metrics import boundary_iou, iou
 
     bb = predictor.backbone
@@ -195,7 +206,7 @@ def layer_scores(predictor, layer, pairs) -> list[tuple[float, float]]:
         if layer is not None:
             z = layer(z)
         bt = torch.from_numpy(e.geometry.boxes_to_input(box_of(gt))).to(bb.device)
-        logits, _ = bb.decode(z, bt)
+        logits, _ = bb.decode(z, bt, decoder=decoder)
         pred = (bb.upscale_masks(logits, e.geometry)[0] > 0).cpu().numpy()
         out.append((iou(pred, gt), boundary_iou(pred, gt)))
     return out

@@ -9,7 +9,7 @@ embeddings as ``quality.py`` (imported, not copied). Methods:
 
 - plain SAM; CA-SAM (``learn_task``'s per-task Alignment Layer, VAE router + SAM fallback);
 - CA-SAM with **hard routing** (MoDA-like): argmin over the task VAEs, no threshold, no fallback;
-- **decoder adapter** (SAM-DA style, ``_baselines_models.DecoderAdapters``) per task, routed by
+- **decoder adapter** (SAM-DA style, the product's ``casam.decoder_adapter``) per task, routed by
   the same VAEs and thresholds as CA-SAM (only the adapter's place differs);
 - **decoder tuning**: the whole mask decoder trained per task, routed the same way;
 - **EWC** and **LwF** on ONE shared Alignment Layer trained task after task (exemplar-free),

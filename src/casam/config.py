@@ -11,10 +11,16 @@ APP_NAME = "napari-casam"
 
 #: Library format version written by this release (see ``casam.library``): the folder layout.
 LIBRARY_FORMAT_VERSION = 1
-#: Task format version (``task.json`` and its weight files) written by this release. 2 adds the
-#: pooled views ``features_std``/``features_max`` and ``knn_threshold`` (casam.neighbours); a
-#: release that reads only 1 refuses such a task with one line, this one reads 1 and 2.
-TASK_FORMAT_VERSION = 2
+#: Newest task format version (``task.json`` and its weight files) this release reads. 2 adds the
+#: pooled views ``features_std``/``features_max`` and ``knn_threshold`` (casam.neighbours); 3 adds
+#: the adapter kind ``decoder``. A release refuses a task of a newer format with one line; this
+#: one reads 1 to 3.
+TASK_FORMAT_VERSION = 3
+#: The adapter kinds of a task (``LearnSettings.adapter``, ``TaskInfo.adapter``) and the task
+#: format each is written with: the oldest that describes it, so a release that reads format 2
+#: keeps reading every Alignment Layer task this one writes and refuses only decoder tasks.
+ADAPTER_FORMATS = {"alignment": 2, "decoder": 3}
+ADAPTER_KINDS = tuple(ADAPTER_FORMATS)
 #: KL weight of the router's VAE (the paper's value); a task stores the one it was trained with.
 DEFAULT_BETA = 16.5
 
@@ -27,6 +33,13 @@ class LearnSettings:
     threshold margin 1.
     """
 
+    adapter: str = "alignment"
+    """What the task trains on the frozen model: ``"alignment"``, the Alignment Layer on the image
+    embedding (CA-SAM; best on organs), or ``"decoder"``, bottleneck adapters inside the mask
+    decoder's transformer (SAM-DA style, ``casam.decoder_adapter``; best on lesions). Same
+    samples, prompts, schedule and router either way (README, "Two adapter kinds")."""
+    adapter_bottleneck: int = 32
+    """Width of each decoder adapter (kind ``"decoder"``: 9 adapters, 150,048 parameters at 32)."""
     blocks: int = 1
     """CAResBlocks in the Alignment Layer (paper: 3; each adds 1.18 M parameters)."""
     epochs: int = 8
@@ -77,6 +90,8 @@ class LearnSettings:
         from casam.errors import InputError
 
         rules = [
+            ("adapter", self.adapter in ADAPTER_KINDS, f"one of {', '.join(ADAPTER_KINDS)}"),
+            ("adapter-bottleneck", 1 <= self.adapter_bottleneck <= 256, "in [1, 256]"),
             ("blocks", self.blocks >= 1, "at least 1"),
             ("epochs", self.epochs >= 1, "at least 1"),
             ("batch-size", self.batch_size >= 1, "at least 1"),

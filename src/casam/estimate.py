@@ -87,20 +87,21 @@ def estimate_learn(
 
 def _layer_seconds(backbone, s: LearnSettings, batch: int, gen: torch.Generator):
     """(one training step of a fresh layer at ``batch``, one held-out object's two decodes)."""
-    from casam.alignment import AlignmentLayer
+    from casam.task_adapter import new_adapter
     from casam.training import dice_bce, use_bf16
 
     dev, size, b = backbone.device, backbone.input_size, max(1, batch)
     z = (torch.randn((b, 256, 64, 64), generator=gen) * 0.1).to(dev)
     boxes = torch.tensor([[size * 0.25, size * 0.25, size * 0.75, size * 0.75]] * b).to(dev)
     target = torch.zeros((b, 256, 256), device=dev)
-    layer = AlignmentLayer(s.blocks).to(dev).train()
+    adapter = new_adapter(backbone, s)  # of the kind to be trained
+    layer = adapter.module.train()
     opt = torch.optim.Adam(layer.parameters(), lr=s.lr)
     bf16 = use_bf16(s, backbone)
     for _ in range(2):  # the first is a warm-up; the second is timed
         t = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits, _ = backbone.decode(layer(z), boxes)
+            logits, _ = adapter.decode(backbone, z, boxes)
         loss = dice_bce(logits[:, 0], target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -110,7 +111,7 @@ def _layer_seconds(backbone, s: LearnSettings, batch: int, gen: torch.Generator)
     t = time.perf_counter()
     with torch.no_grad():
         backbone.decode(z[:1], boxes[:1])
-        backbone.decode(layer(z[:1]), boxes[:1])
+        adapter.decode(backbone, z[:1], boxes[:1])
     return step_s, time.perf_counter() - t
 
 

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from casam.alignment import AlignmentLayer
 from casam.config import LearnSettings
 from casam.embeddings import Embedding, EmbeddingCache, image_key
 from casam.errors import InputError
@@ -27,7 +26,8 @@ from casam.preprocess import check_boxes, check_image
 from casam.router import VAEBank, attention_pool
 from casam.routing import DEFAULT_ROUTER, ROUTERS, RouteDecision, check_known, choose
 from casam.sam import Backbone, get_backbone
-from casam.task_tensors import beta_of, layer_from_state, stored_views, vae_from_state
+from casam.task_adapter import TaskAdapter, adapter_of
+from casam.task_tensors import beta_of, stored_views, vae_from_state
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class Prediction:
     """(N,) SAM's predicted IoU of each mask."""
     route: RouteDecision
     task: str | None
-    """The task whose Alignment Layer was used; None = plain SAM."""
+    """The task whose adapter (Alignment Layer or decoder adapters) was used; None = plain SAM."""
     logits: np.ndarray | None = None
     """(N, 256, 256) float32 low-res logits: feed one back as ``mask_input`` to refine it."""
 
@@ -85,7 +85,7 @@ class Predictor:
         self.temperature = temperature
         self._lock = threading.RLock()
         self._aligned: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
-        self._layers: dict[str, AlignmentLayer] = {}
+        self._adapters: dict[str, TaskAdapter] = {}
         self._image: np.ndarray | None = None
         self._embedding: Embedding | None = None
         self._route: RouteDecision | None = None
@@ -131,7 +131,7 @@ class Predictor:
             self.neighbours = NeighbourBank(names, views, knn, ks)
             self.task_infos = infos
             self.problems = problems
-            self._layers.clear()
+            self._adapters.clear()
             self._aligned.clear()
             if self._embedding is not None:
                 self._route = self.route_embedding(self._embedding)
@@ -140,15 +140,19 @@ class Predictor:
     def task_names(self) -> list[str]:
         return list(self.bank.names)
 
-    def layer(self, name: str) -> AlignmentLayer:
+    def adapter(self, name: str) -> TaskAdapter:
+        """A task's adapter, read from the library once (a decoder task's adapted decoder is
+        built here, once: the shared backbone's decoder is never changed)."""
         with self._lock:
-            if name not in self._layers:
+            if name not in self._adapters:
                 check_known(name, self._thresholds(), self.backbone.identity)
                 assert self.library is not None
-                self._layers[name] = layer_from_state(self.library.load(name).alignment).to(
-                    self.backbone.device
-                )
-            return self._layers[name]
+                self._adapters[name] = adapter_of(self.library.load(name), self.backbone)
+            return self._adapters[name]
+
+    def layer(self, name: str) -> torch.nn.Module:
+        """A task's adapter module: its Alignment Layer, or its DecoderAdapters."""
+        return self.adapter(name).module
 
     def _thresholds(self) -> dict[str, float]:
         bank = self.neighbours if self.router == "knn" else self.bank
@@ -227,8 +231,9 @@ class Predictor:
         return self._embedding
 
     def _aligned_z(self, e: Embedding, task: str | None) -> torch.Tensor:
+        """The embedding the task's decoder sees (cached for a few Alignment Layer tasks)."""
         z = e.z[None].to(self.backbone.device)
-        if task is None:
+        if task is None or self.adapter(task).kind != "alignment":
             return z
         key = (e.key, task)
         with self._lock:
@@ -236,7 +241,7 @@ class Predictor:
                 self._aligned.move_to_end(key)
                 return self._aligned[key]
         with torch.no_grad():
-            za = self.layer(task)(z)
+            za = self.adapter(task).embedding(z)
         with self._lock:
             self._aligned[key] = za
             while len(self._aligned) > 8:
@@ -312,12 +317,13 @@ class Predictor:
         b, p, lab, m = _check_prompts(e, boxes, points, labels, mask_input)
         name, route = self.resolve_task(e, task)
         z = self._aligned_z(e, name)
+        decoder = None if name is None else self.adapter(name).decoder
         with torch.no_grad():
             bt = None if b is None else torch.from_numpy(geo.boxes_to_input(b))
             pt = torch.from_numpy(points_to_input(geo, p))[None] if len(p) else None
             lt = torch.from_numpy(lab)[None] if len(p) else None
             multimask = b is None and m is None and len(p) == 1
-            logits, iou = self.backbone.decode(z, bt, pt, lt, m, multimask)
+            logits, iou = self.backbone.decode(z, bt, pt, lt, m, multimask, decoder=decoder)
             masks = self.backbone.upscale_masks(logits, geo) > 0
         return Prediction(
             masks.cpu().numpy(),

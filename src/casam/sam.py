@@ -176,6 +176,7 @@ class Backbone:
         labels: torch.Tensor | None = None,
         mask_input: torch.Tensor | None = None,
         multimask: bool = False,
+        decoder: nn.Module | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings and prompts -> (B, 1, 256, 256) mask logits and (B, 1) predicted IoU.
 
@@ -184,13 +185,15 @@ class Backbone:
         input frame, ``labels`` (B, P) 1/0, ``mask_input`` (B, 1, 256, 256) previous logits. With
         ``multimask`` SAM's three candidates are made and the one with the highest predicted IoU
         is kept (SAM's advice for a lone click). Gradients flow into ``z`` (for training).
+        ``decoder``: a task's adapted mask decoder (``casam.decoder_adapter``) instead of the
+        frozen one; it always runs in torch (the compiled box decoder is the frozen one's).
         """
         dev = self.device
         pts = None
         if points_input is not None and points_input.shape[1] > 0:
             pts = (points_input.to(dev), labels.to(dev))
         plain = pts is None and mask_input is None and not multimask and boxes_input is not None
-        if plain and z.shape[0] == 1 and self.box_decoder is not None:
+        if plain and z.shape[0] == 1 and self.box_decoder is not None and decoder is None:
             if not (torch.is_grad_enabled() and z.requires_grad) and self.box_decoder.prepare():
                 out = self.box_decoder.decode(z, boxes_input)
                 if out is not None:
@@ -200,7 +203,7 @@ class Backbone:
             boxes=None if boxes_input is None else boxes_input.to(dev),
             masks=None if mask_input is None else mask_input.to(dev),
         )
-        dec = self.mask_decoder
+        dec = self.mask_decoder if decoder is None else decoder
         if z.shape[0] > 1:
             return _paired_decode(dec, z, self._image_pe, sparse, dense)
         masks, iou = dec(

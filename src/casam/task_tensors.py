@@ -1,14 +1,18 @@
-"""The tensors of a task: an Alignment Layer state and a VAE router state.
+"""The tensors of a task: its adapter's state and a VAE router state.
 
-A task is stored as two safetensors files. ``alignment.safetensors`` holds ``blocks.{i}.*`` of an
-:class:`~casam.alignment.AlignmentLayer`; ``router.safetensors`` holds the VAE's
-``vae.{enc1,enc2,dec1,dec2}.{weight,bias}`` and ``features``, the (N, 256) attention-pooled router
-features of the task's training images; since task format 2 also ``features_std`` and
-``features_max``, their channel std and max (:mod:`casam.neighbours`; a task of format 1 has
-``features`` only and is scored on that view). This module is the one home of those names and
-shapes: it turns models into states and back, reads and writes the bytes, and checks a foreign
-state before any model is built from it. Checks take plain numbers (blocks, thresholds, beta),
-not metadata objects. Importing it does not import torch.
+A task is stored as two safetensors files. ``alignment.safetensors`` holds the task's adapter:
+``blocks.{i}.*`` of an :class:`~casam.alignment.AlignmentLayer` (adapter kind ``"alignment"``), or
+``adapters.{site}.{down,up}.{weight,bias}`` of :class:`~casam.decoder_adapter.DecoderAdapters`
+(kind ``"decoder"``, from task format 3); the file keeps its name for both kinds, so a release
+that does not know the kind stops at the format version in ``task.json``.
+``router.safetensors`` holds the VAE's ``vae.{enc1,enc2,dec1,dec2}.{weight,bias}`` and
+``features``, the (N, 256) attention-pooled router features of the task's training images;
+since task format 2 also ``features_std`` and ``features_max``, their channel std and max
+(:mod:`casam.neighbours`; a task of format 1 has ``features`` only and is scored on that view).
+This module is the one home of those names and shapes: it turns models into states and back,
+reads and writes the bytes, and checks a foreign state before any model is built from it.
+Checks take plain numbers (blocks, thresholds, beta) and the adapter kind's name, not metadata
+objects. Importing it does not import torch.
 """
 
 from __future__ import annotations
@@ -118,9 +122,11 @@ def check_tensors(
     beta: float,
     where: str,
     knn_threshold: float | None = None,
+    adapter: str = "alignment",
 ) -> None:
-    """Raise LibraryError unless the states are a ``blocks``-block Alignment Layer and a VAE
-    router on 256 features, every tensor finite, and both thresholds sane for that router."""
+    """Raise LibraryError unless the states are the task's adapter (a ``blocks``-block Alignment
+    Layer, or decoder adapters for ``adapter`` "decoder") and a VAE router on 256 features,
+    every tensor finite, and both thresholds sane for that router."""
     import torch
 
     for part, state in (("alignment", alignment), ("router", router)):
@@ -130,7 +136,10 @@ def check_tensors(
             raise LibraryError(
                 f"{where}: the {part} weights are not a dict of named tensors; refused"
             )
-    _check_alignment(alignment, blocks, where)
+    if adapter == "decoder":
+        _check_decoder_adapters(alignment, where)
+    else:
+        _check_alignment(alignment, blocks, where)
     _check_router(router, where)
     for part, state in (("alignment", alignment), ("router", router)):
         for k, t in state.items():
@@ -160,6 +169,37 @@ def _check_alignment(alignment: State, blocks: int, where: str) -> None:
                 raise LibraryError(
                     f"{where}: alignment.safetensors lacks blocks.{i}.{k} of shape {shape}; refused"
                 )
+
+
+#: The widest decoder adapter a task may hold (the transformer's own width).
+MAX_BOTTLENECK = EMBED_DIM
+
+
+@functools.lru_cache(maxsize=8)
+def adapter_shapes(bottleneck: int) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes of a task's decoder adapters of width ``bottleneck``."""
+    import torch
+
+    from casam.decoder_adapter import DecoderAdapters
+
+    with torch.device("meta"):
+        adapters = DecoderAdapters(EMBED_DIM, bottleneck)
+    return {k: tuple(v.shape) for k, v in adapters.state_dict().items()}
+
+
+def _check_decoder_adapters(state: State, where: str) -> None:
+    from casam.decoder_adapter import adapter_sites, site_key
+
+    first = state.get(f"adapters.{site_key(adapter_sites()[0])}.down.weight")
+    width = int(first.shape[0]) if first is not None and first.ndim == 2 else 0
+    if not 1 <= width <= MAX_BOTTLENECK or {k: tuple(v.shape) for k, v in state.items()} != (
+        adapter_shapes(width)
+    ):
+        raise LibraryError(
+            f"{where}: alignment.safetensors does not hold the decoder adapters its metadata "
+            f"describes (9 bottleneck adapters of width 1 to {MAX_BOTTLENECK} on "
+            f"{EMBED_DIM} channels); refused"
+        )
 
 
 def _check_router(router: State, where: str) -> None:

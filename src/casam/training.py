@@ -1,4 +1,7 @@
-"""Learning a task: Alignment Layer through the frozen decoder, VAE router, threshold.
+"""Learning a task: its adapter through the frozen decoder, VAE router, threshold.
+
+The adapter is an Alignment Layer (``LearnSettings.adapter`` "alignment", the default) or
+decoder adapters ("decoder"): :mod:`casam.task_adapter`; both train in :func:`train_alignment`.
 
 ``iter_learn_task`` is a generator: it yields ``Progress`` between steps and returns the saved
 ``TaskInfo``. Closing it (or raising out of the loop) between two yields cancels the training
@@ -25,8 +28,9 @@ from casam.preprocess import mask_box
 from casam.progress import Progress
 from casam.sam import Backbone
 from casam.samples import Sample, collect_samples, split_holdout
+from casam.task_adapter import TaskAdapter, adapter_of, train_adapter
 from casam.task_router import FittedRouter, router_stage
-from casam.task_tensors import layer_from_state, router_state
+from casam.task_tensors import router_state
 
 
 def dice_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -67,14 +71,14 @@ def use_bf16(s: LearnSettings, backbone: Backbone) -> bool:
 
 
 def _point_logits(
-    backbone: Backbone, za: torch.Tensor, boxes: torch.Tensor, targets: torch.Tensor, gen
+    backbone: Backbone, za: torch.Tensor, boxes: torch.Tensor, targets: torch.Tensor, gen, decoder
 ) -> torch.Tensor:
     """Logits of a batch prompted with random clicks, with its boxes half of the time."""
     from casam.prompts import sample_points
 
     pts, lab = sample_points(targets, boxes.cpu(), backbone.input_size, gen)
     keep_box = float(torch.rand(1, generator=gen)) < 0.5
-    logits, _ = backbone.decode(za, boxes if keep_box else None, pts, lab)
+    logits, _ = backbone.decode(za, boxes if keep_box else None, pts, lab, decoder=decoder)
     return logits
 
 
@@ -87,8 +91,12 @@ def train_alignment(
     layer: AlignmentLayer | None = None,
     where: torch.Tensor | None = None,
     gen: torch.Generator | None = None,
+    decoder: torch.nn.Module | None = None,
 ) -> Generator[Progress, None, AlignmentLayer]:
     """Train (or continue) an Alignment Layer through the frozen decoder.
+
+    ``layer`` may be any module applied to the embeddings, e.g. decoder adapters (the identity
+    on ``z``) with ``decoder``, the adapted mask decoder they act in (``casam.task_adapter``).
 
     ``z``: (M, 256, 64, 64) embeddings; ``boxes``: (N, 4) boxes in the backbone's input frame;
     ``targets``: (N, 256, 256) low-res masks; ``where``: (N,) index of each sample's embedding
@@ -121,9 +129,9 @@ def train_alignment(
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 za = layer(z[where[idx]].to(backbone.device))
                 if s.point_share > 0 and float(torch.rand(1, generator=gen)) < s.point_share:
-                    logits = _point_logits(backbone, za, bx, targets[idx], gen)
+                    logits = _point_logits(backbone, za, bx, targets[idx], gen, decoder)
                 else:
-                    logits, _ = backbone.decode(za, bx)
+                    logits, _ = backbone.decode(za, bx, decoder=decoder)
             loss = dice_bce(logits[:, 0], targets[idx].to(backbone.device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -159,6 +167,7 @@ def _resolve(
         s = LearnSettings.from_dict(
             {
                 **previous.info.settings,
+                "adapter": previous.info.adapter,  # an extended task keeps its kind
                 **{k: v for k, v in s.to_dict().items() if k in ("epochs", "lr", "seed")},
             }
         )
@@ -168,7 +177,7 @@ def _resolve(
 
 
 def _evaluate(
-    backbone: Backbone, layer: AlignmentLayer, emb: dict, hold_samples: list[Sample]
+    backbone: Backbone, adapter: TaskAdapter, emb: dict, hold_samples: list[Sample]
 ) -> Generator[Progress, None, dict[str, float | None]]:
     """Mean held-out IoU and Boundary IoU of plain SAM and of the task (one Progress each)."""
     scores: dict[str, list[float]] = {
@@ -181,9 +190,12 @@ def _evaluate(
         e = emb[x.image]
         box = mask_box(x.mask)
         bt = torch.from_numpy(e.geometry.boxes_to_input(box)).to(backbone.device)
+        z = e.z[None].to(backbone.device)
         with torch.no_grad():
-            for key, z in (("sam", e.z[None]), ("task", layer(e.z[None].to(backbone.device)))):
-                logits, _ = backbone.decode(z.to(backbone.device), bt)
+            for key, logits in (
+                ("sam", backbone.decode(z, bt)[0]),
+                ("task", adapter.decode(backbone, z, bt)[0]),
+            ):
                 pred = (backbone.upscale_masks(logits, e.geometry)[0] > 0).cpu().numpy()
                 scores[f"iou_{key}"].append(iou(pred, x.mask))
                 scores[f"biou_{key}"].append(boundary_iou(pred, x.mask))
@@ -209,7 +221,7 @@ def _task_info(
     name: str,
     backbone: Backbone,
     s: LearnSettings,
-    layer: AlignmentLayer,
+    adapter: TaskAdapter,
     router: FittedRouter,
     counts: tuple[int, int, int],
     previous: LoadedTask | None,
@@ -223,7 +235,8 @@ def _task_info(
         backbone=backbone.identity,
         threshold=router.threshold,
         knn_threshold=router.knn_threshold,
-        blocks=layer.n_blocks,
+        blocks=adapter.blocks,
+        adapter=adapter.kind,
         n_images=n_images + (previous.info.n_images if previous else 0),
         n_objects=n_objects + (previous.info.n_objects if previous else 0),
         n_holdout=n_holdout,
@@ -318,20 +331,19 @@ def iter_learn_task(
     order, train_samples, hold_samples = _split(used, samples, train_img, hold_img)
     z_all, boxes, targets, where = _training_tensors(backbone, emb, order, train_samples)
 
-    # the Alignment Layer, through the frozen decoder; then the VAE router and its threshold
-    layer = layer_from_state(previous.alignment) if previous else None
-    layer = yield from train_alignment(
-        backbone, z_all, boxes, targets, s, layer=layer, where=where, gen=gen
-    )
+    # the adapter (of the settings' kind, an extended task's own), through the frozen decoder;
+    # then the VAE router and its threshold
+    prev = adapter_of(previous, backbone) if previous else None
+    adapter = yield from train_adapter(backbone, z_all, boxes, targets, s, prev, where, gen)
 
     router = yield from router_stage(emb, order, previous, s)
 
-    # held-out IoU of plain SAM vs the layer; then save, atomically (nothing written before)
-    means = yield from _evaluate(backbone, layer, emb, hold_samples)
+    # held-out IoU of plain SAM vs the task; then save, atomically (nothing written before)
+    means = yield from _evaluate(backbone, adapter, emb, hold_samples)
     yield Progress("save", 0, 1)
     counts = (len(train_img), len(train_samples), len(hold_img))
-    info = _task_info(name, backbone, s, layer, router, counts, previous, means, t0)
-    weights = layer.state_dict(), router_state(router.vae, router.views)
+    info = _task_info(name, backbone, s, adapter, router, counts, previous, means, t0)
+    weights = adapter.state(), router_state(router.vae, router.views)
     saved = lib.save(info, *weights, overwrite=overwrite or extend)
     if predictor.library is not None and predictor.library.root == lib.root:
         predictor.reload_library()

@@ -1,6 +1,7 @@
 """The baselines benchmark's models (benchmarks/_baselines_models.py) on small synthetic tensors:
-the decoder adapters leave SAM's decoder unchanged at init and train alone, the tuned decoder is
-a swapped-in copy, EWC's and LwF's gradient hooks equal their loss terms' gradients."""
+each module decodes through its own decoder (the product's decoder adapters: their adapted view,
+tests/core/test_decoder_adapter.py; the tuned decoder: its copy), EWC's and LwF's gradient hooks
+equal their loss terms' gradients."""
 
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from _baselines_models import (  # noqa: E402
     DecoderAdapters,
     DecoderCopy,
     anchor_of,
-    attached,
+    decoder_of,
     diag_fisher,
     ewc_hooks,
     ewc_penalty,
@@ -54,48 +55,27 @@ def run(dec, seed=1):
     )
 
 
-def test_adapters_are_the_identity_at_init_and_act_only_while_attached():
+def test_decoder_of_gives_each_module_its_own_decoder_and_leaves_the_backbone_alone():
     dec = tiny_decoder()
     bb = SimpleNamespace(mask_decoder=dec)
-    plug = DecoderAdapters(dec, bottleneck=4)
-    assert len(plug.adapters) == 2 * 4 + 1  # 4 sub-layers of 2 blocks, plus the final attention
-    masks0, iou0 = run(dec)
-    with attached(plug, bb):
-        masks1, iou1 = run(dec)
-    assert torch.equal(masks0, masks1) and torch.equal(iou0, iou1)
+    adapters = DecoderAdapters.for_decoder(dec, bottleneck=4)
+    view = decoder_of(adapters, bb)
+    assert view is not dec and decoder_of(adapters, bb) is view  # built once per module
+    assert decoder_of(None, bb) is None and decoder_of(AlignmentLayer(1, channels=4), bb) is None
     with torch.no_grad():
-        for a in plug.adapters.values():
+        for a in adapters.adapters.values():
             a.up.weight.normal_(0, 0.5)
-    with attached(plug, bb):
-        masks2, _ = run(dec)
-    assert (masks2 - masks0).abs().max() > 1e-3  # the hooks really are in the decoder
-    masks3, _ = run(dec)
-    assert torch.equal(masks3, masks0)  # and gone after the block
+    assert (run(view)[0] - run(dec)[0]).abs().max() > 1e-3
+    assert bb.mask_decoder is dec
 
 
-def test_only_the_adapters_train():
-    dec = tiny_decoder()
-    bb = SimpleNamespace(mask_decoder=dec)
-    plug = DecoderAdapters(dec, bottleneck=4).requires_grad_(True)
-    with attached(plug, bb):
-        masks, _ = run(dec)
-    masks.pow(2).mean().backward()
-    assert all(p.grad is None and not p.requires_grad for p in dec.parameters())
-    assert all(
-        a.up.weight.grad is not None and a.up.weight.grad.abs().sum() > 0
-        for a in plug.adapters.values()
-    )
-    assert trainable_parameters(plug) == 9 * (DIM * 4 + 4 + 4 * DIM + DIM)
-
-
-def test_decoder_copy_is_swapped_in_and_out():
+def test_decoder_copy_trains_alone():
     dec = tiny_decoder()
     bb = SimpleNamespace(mask_decoder=dec)
     plug = DecoderCopy(dec).requires_grad_(True)
     assert trainable_parameters(plug) == trainable_parameters(dec)
-    with attached(plug, bb):
-        assert bb.mask_decoder is plug.decoder
-        masks, _ = run(bb.mask_decoder)
+    assert decoder_of(plug, bb) is plug.decoder
+    masks, _ = run(decoder_of(plug, bb))
     assert bb.mask_decoder is dec
     masks.pow(2).mean().backward()
     assert all(p.grad is None for p in dec.parameters())

@@ -27,7 +27,7 @@ from casam_testing import (
 
 import casam.library as library
 import casam.library.format as fmt
-from casam.config import LIBRARY_FORMAT_VERSION, TASK_FORMAT_VERSION
+from casam.config import ADAPTER_FORMATS, LIBRARY_FORMAT_VERSION, TASK_FORMAT_VERSION
 from casam.errors import InputError, LibraryError, TaskExistsError
 from casam.library import MARKER, META, TaskLibrary, exchange, fs  # noqa: E402
 
@@ -52,7 +52,9 @@ def test_round_trip_keeps_weights_and_metadata(lib):
     assert info.path == lib.root / "CT spleen"
     loaded = lib.load("CT spleen")
     assert loaded.info.threshold == 0.123 and loaded.info.blocks == 2
-    assert loaded.info.format_version == TASK_FORMAT_VERSION
+    # an Alignment Layer task is written as format 2, so readers of format 2 keep reading it
+    assert loaded.info.format_version == ADAPTER_FORMATS["alignment"] == 2 < TASK_FORMAT_VERSION
+    assert loaded.info.adapter == "alignment"
     for k, v in align.items():
         assert torch.equal(loaded.alignment[k], v)
     for k, v in router.items():

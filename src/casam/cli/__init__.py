@@ -24,6 +24,7 @@ FLAGS = {
         for k in ("blocks", "epochs", "lr", "batch_size", "vae_steps", "holdout", "seed")
     },
     "threshold_margin": "--threshold-margin",
+    "adapter": "--adapter",
 }
 
 

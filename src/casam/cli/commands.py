@@ -70,7 +70,7 @@ def _learn_settings(args: argparse.Namespace) -> Any:
     from casam.config import LearnSettings
 
     base = LearnSettings.paper() if args.paper else LearnSettings()
-    names = ("blocks", "epochs", "lr", "batch_size", "vae_steps", "holdout", "seed")
+    names = ("adapter", "blocks", "epochs", "lr", "batch_size", "vae_steps", "holdout", "seed")
     overrides = {
         k: getattr(args, k) for k in (*names, "threshold_margin") if getattr(args, k) is not None
     }
@@ -88,6 +88,11 @@ def cmd_learn(args: argparse.Namespace) -> int:
     lib = _library(args)
     if not (args.overwrite or args.extend):
         lib.ensure_free(name)
+    elif args.extend and args.adapter and name in lib and lib.info(name).adapter != args.adapter:
+        raise InputError(
+            f"task '{name}' has the {lib.info(name).adapter} adapter and is extended with it; "
+            "leave out --adapter (or learn a new task under another name)"
+        )
     settings = _learn_settings(args)
     pairs, skipped = read_learning_pairs(
         args.images, args.masks, settings.min_images, settings.folds, args.label, args.extend
@@ -116,7 +121,8 @@ def cmd_learn(args: argparse.Namespace) -> int:
         display.close()
     gain = info.iou_gain
     print(
-        f"task '{info.name}' saved to {lib.root}: {info.n_images} training slices, "
+        f"task '{info.name}' saved to {lib.root}: {info.adapter} adapter, "
+        f"{info.n_images} training slices, "
         f"threshold {info.threshold:.4g}; held-out IoU ({info.n_holdout} slices): "
         f"SAM {_fmt(info.iou_sam)} -> task {_fmt(info.iou_task)}"
         + (f" ({gain:+.3f})" if gain is not None else "")
@@ -249,13 +255,14 @@ def cmd_tasks(args: argparse.Namespace) -> int:
         print(f"no tasks in {lib.root}")
     else:
         print(
-            f"{'task':24} {'images':>6} {'threshold':>9} {'IoU SAM':>8} {'IoU task':>8}  created  "
-            "             backbone"
+            f"{'task':24} {'adapter':9} {'images':>6} {'threshold':>9} {'IoU SAM':>8} "
+            f"{'IoU task':>8}  created               backbone"
         )
         for t in tasks:
             note = "" if t.active else "  (other backbone: not used for routing)"
             print(
-                f"{t.name[:24]:24} {t.n_images:6d} {t.threshold:9.4g} {_fmt(t.iou_sam):>8} "
+                f"{t.name[:24]:24} {t.adapter:9} {t.n_images:6d} {t.threshold:9.4g} "
+                f"{_fmt(t.iou_sam):>8} "
                 f"{_fmt(t.iou_task):>8}  "
                 f"{t.created[:19]}   {t.backbone}{note}"
             )

@@ -9,6 +9,7 @@ from typing import NoReturn
 from casam import __version__
 from casam.batch_cli import add_options
 from casam.cli import commands as c
+from casam.config import ADAPTER_KINDS
 
 EXIT_USAGE = 2
 
@@ -95,6 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument(
         "--paper", action="store_true", help="the paper's schedule: 3 blocks, 24 epochs, lr 1e-4"
+    )
+    sp.add_argument(
+        "--adapter",
+        choices=ADAPTER_KINDS,
+        default=None,
+        help="what the task trains: alignment = the Alignment Layer on the embedding (default; "
+        "best on organs), decoder = small adapters inside SAM's mask decoder (best on lesions); "
+        "--extend keeps the task's own",
     )
     sp.add_argument("--blocks", type=int, help="CAResBlocks in the Alignment Layer")
     sp.add_argument("--epochs", type=int)

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from casam.config import TASK_FORMAT_VERSION
+from casam.config import ADAPTER_FORMATS, ADAPTER_KINDS, TASK_FORMAT_VERSION
 from casam.errors import LibraryError
 from casam.library.names import shown
 
@@ -63,6 +63,9 @@ class TaskInfo:
     knn_threshold: float | None = None
     """The default router's distance threshold (casam.neighbours); None in a task of format 1
     (computed from its stored features when it is loaded, written by ``casam recalibrate``)."""
+    adapter: str = "alignment"
+    """The adapter kind (``config.ADAPTER_KINDS``): what ``alignment.safetensors`` holds; absent
+    (an Alignment Layer) before task format 3."""
     format_version: int = TASK_FORMAT_VERSION
     path: Path | None = field(default=None, compare=False)
     active: bool = field(default=True, compare=False)
@@ -85,7 +88,8 @@ class TaskInfo:
         missing = [
             k
             for k, f in cls.__dataclass_fields__.items()
-            if k not in fields_ and k not in ("path", "active", "format_version", "knn_threshold")
+            if k not in fields_
+            and k not in ("path", "active", "format_version", "knn_threshold", "adapter")
         ]
         if missing:
             raise LibraryError(
@@ -170,6 +174,12 @@ def parse_meta(raw: bytes, where: str, path: Path | None = None) -> TaskInfo:
             f"{where} was written by a newer napari-casam (format {version!r}, this one reads "
             f"up to {TASK_FORMAT_VERSION}); upgrade napari-casam to use it"
         )
+    kind = d.get("adapter", "alignment")
+    if kind not in ADAPTER_KINDS:
+        raise LibraryError(
+            f"{where} has an adapter of kind {str(kind)[:40]!r}, which this napari-casam does not "
+            f"know (it knows {', '.join(ADAPTER_KINDS)}); upgrade napari-casam to use it"
+        )
     info = TaskInfo.from_json(d, path, where)
     if set(info.files) != set(WEIGHT_FILES):
         raise LibraryError(
@@ -198,7 +208,8 @@ def parse_task(info: TaskInfo, weights: dict[str, bytes], where: str) -> LoadedT
 
 
 def check_against(info: TaskInfo, alignment: Any, router: Any, where: str) -> None:
-    """LibraryError unless the two states are the task ``info`` describes (blocks, threshold)."""
+    """LibraryError unless the two states are the task ``info`` describes (adapter kind, blocks,
+    thresholds)."""
     from casam import task_tensors as tt
 
     tt.check_tensors(
@@ -209,4 +220,10 @@ def check_against(info: TaskInfo, alignment: Any, router: Any, where: str) -> No
         beta=tt.beta_of(info.settings),
         where=where,
         knn_threshold=info.knn_threshold,
+        adapter=info.adapter,
     )
+
+
+def format_of(info: TaskInfo) -> int:
+    """The task format a task is written with: the oldest that describes its adapter kind."""
+    return ADAPTER_FORMATS[info.adapter]

@@ -7,7 +7,8 @@ Layout (format version 1)::
       .lock                       file lock taken while the folder's entries change
       CT spleen/                  one folder per task, named by the task
         task.json                 metadata, including the SHA-256 of every weight file
-        alignment.safetensors     Alignment Layer weights
+        alignment.safetensors     the adapter: Alignment Layer, or decoder adapters (task.json's
+                                  "adapter": "decoder", task format 3)
         router.safetensors        VAE weights and the router features of the training images
       .tmp-<pid>-<host>-<hex>/    a write in progress (ignored; removed once its process is gone)
       .trash-<hex>-<name>/        the old version of a task during an overwrite (see below)
@@ -16,9 +17,10 @@ Safety rules (every task folder is treated as foreign input):
 
 - Weights are only ever read with safetensors (no pickle, no code), and only after their
   SHA-256 matched the digest in ``task.json``; their tensor names and shapes must be those
-  of an Alignment Layer and a VAE router. A task folder holding anything else (a pickle, a
-  symbolic link, a sub-folder...) is refused with a message naming that file; other tasks
-  are unaffected (:meth:`TaskLibrary.problems` lists every refused task).
+  of the task's adapter kind (Alignment Layer or decoder adapters) and a VAE router. A task
+  folder holding anything else (a pickle, a symbolic link, a sub-folder...) is refused with a
+  message naming that file; other tasks are unaffected (:meth:`TaskLibrary.problems` lists
+  every refused task).
 - A task appears whole or not at all: it is written into a temporary folder, then renamed
   into place under the lock. An overwrite first renames the old folder to ``.trash-*``; if
   the process dies between the two renames, the next change to the library (or the next
@@ -39,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from casam import task_tensors as tt
-from casam.config import TASK_FORMAT_VERSION, default_library_dir
+from casam.config import default_library_dir
 from casam.errors import InputError, LibraryError, TaskExistsError
 from casam.library import fs
 from casam.library.format import (
@@ -51,6 +53,7 @@ from casam.library.format import (
     LoadedTask,
     TaskInfo,
     check_against,
+    format_of,
     parse_meta,
     parse_task,
 )
@@ -268,7 +271,7 @@ class TaskLibrary:
             f: tt.to_bytes(s) for f, s in zip(WEIGHT_FILES, (alignment, router), strict=True)
         }
         files = {f: hashlib.sha256(b).hexdigest() for f, b in weights.items()}
-        final = info.with_(name=name, files=files, format_version=TASK_FORMAT_VERSION, path=None)
+        final = info.with_(name=name, files=files, format_version=format_of(info), path=None)
         tmp = fs.new_tmp(self.root)
         try:
             self._stage(tmp, weights, final)
@@ -341,7 +344,8 @@ class TaskLibrary:
         """Replace a task's metadata by ``change(task)`` (weights kept byte for byte), checked
         against the weights and written atomically; the new format version is stamped."""
         task, meta_raw, raw = self._load_folder(self._folder_of(name))
-        final = change(task).with_(format_version=TASK_FORMAT_VERSION, path=None)
+        final = change(task)
+        final = final.with_(format_version=format_of(final), path=None)
         check_against(final, task.alignment, task.router, f"task '{task.info.name}'")
         return self._rewrite(task.info.path, meta_raw, raw, final, f"update task '{name}'")
 
