@@ -209,3 +209,34 @@ def isolate_user_dirs(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("CASAM_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("CASAM_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("CASAM_LIBRARY", str(tmp_path / "default-library"))
+
+
+#: the width of the tiny mask decoder of the decoder-adapter tests
+DIM = 32
+
+
+def tiny_decoder():
+    """A small real SAM mask decoder (2 blocks, width ``DIM``), frozen, seeded."""
+    from casam._sam_modeling import modeling
+
+    m = modeling()
+    torch.manual_seed(0)
+    tr = m.TwoWayTransformer(depth=2, embedding_dim=DIM, mlp_dim=64, num_heads=2)
+    dec = m.MaskDecoder(transformer_dim=DIM, transformer=tr, iou_head_hidden_dim=DIM)
+    return dec.eval().requires_grad_(False)
+
+
+def run_tiny_decoder(dec, seed=1):
+    """One decode of ``tiny_decoder()`` on random inputs of its width (seeded)."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(1, DIM, 8, 8, generator=g)
+    pe = torch.randn(1, DIM, 8, 8, generator=g)
+    sparse = torch.randn(1, 2, DIM, generator=g)
+    dense = torch.randn(1, DIM, 8, 8, generator=g)
+    return dec(
+        image_embeddings=z,
+        image_pe=pe,
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=False,
+    )

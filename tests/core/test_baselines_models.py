@@ -24,35 +24,10 @@ from _baselines_models import (  # noqa: E402
     lwf_loss,
     trainable_parameters,
 )
+from casam_testing import run_tiny_decoder as run
+from casam_testing import tiny_decoder  # noqa: E402
 
 from casam.alignment import AlignmentLayer  # noqa: E402
-
-DIM = 32
-
-
-def tiny_decoder():
-    from casam._sam_modeling import modeling
-
-    m = modeling()
-    torch.manual_seed(0)
-    tr = m.TwoWayTransformer(depth=2, embedding_dim=DIM, mlp_dim=64, num_heads=2)
-    dec = m.MaskDecoder(transformer_dim=DIM, transformer=tr, iou_head_hidden_dim=DIM)
-    return dec.eval().requires_grad_(False)
-
-
-def run(dec, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    z = torch.randn(1, DIM, 8, 8, generator=g)
-    pe = torch.randn(1, DIM, 8, 8, generator=g)
-    sparse = torch.randn(1, 2, DIM, generator=g)
-    dense = torch.randn(1, DIM, 8, 8, generator=g)
-    return dec(
-        image_embeddings=z,
-        image_pe=pe,
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
-        multimask_output=False,
-    )
 
 
 def test_decoder_of_gives_each_module_its_own_decoder_and_leaves_the_backbone_alone():

@@ -7,38 +7,12 @@ import threading
 
 import pytest
 import torch
-from casam_testing import one_line
+from casam_testing import DIM, one_line, tiny_decoder  # noqa: E402
+from casam_testing import run_tiny_decoder as run
 
 from casam.decoder_adapter import DecoderAdapters, adapter_sites, from_state, trainable_parameters
 from casam.errors import LibraryError
 from casam.task_tensors import adapter_shapes, check_tensors
-
-DIM = 32
-
-
-def tiny_decoder():
-    from casam._sam_modeling import modeling
-
-    m = modeling()
-    torch.manual_seed(0)
-    tr = m.TwoWayTransformer(depth=2, embedding_dim=DIM, mlp_dim=64, num_heads=2)
-    dec = m.MaskDecoder(transformer_dim=DIM, transformer=tr, iou_head_hidden_dim=DIM)
-    return dec.eval().requires_grad_(False)
-
-
-def run(dec, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    z = torch.randn(1, DIM, 8, 8, generator=g)
-    pe = torch.randn(1, DIM, 8, 8, generator=g)
-    sparse = torch.randn(1, 2, DIM, generator=g)
-    dense = torch.randn(1, DIM, 8, 8, generator=g)
-    return dec(
-        image_embeddings=z,
-        image_pe=pe,
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
-        multimask_output=False,
-    )
 
 
 def perturbed(adapters, seed=0):
