@@ -73,6 +73,10 @@ TIPS: dict[str, str] = {
     "labels": "Labels layer with the corrected masks of the selected image. Every slice with "
     "labels is a training image; every label value on it is one object.",
     "task_name": "Name of the task (the kind of images and structure, e.g. “CT spleen”).",
+    "adapter": "What the task trains on the frozen SAM. Alignment Layer: a small network on the "
+    "image embedding (CA-SAM), better on organs (CT liver IoU 87 against 81). Decoder adapter: "
+    "small adapters inside SAM's mask decoder (SAM-DA), better on lesions (MR brain tumour 55 "
+    "against 43). Routing is the same for both; Extend keeps the task's own kind.",
     "mode": "New: a task of a new name. Retrain: learn the named task again from these slices "
     "only. Extend: learn it again from its previous images plus these slices.",
     "epochs": "Passes over the training objects. More epochs fit better and take longer "
@@ -89,7 +93,7 @@ TIPS: dict[str, str] = {
     "DICOM series folder with its DICOM SEG or NIfTI mask, NIfTI/NRRD/MHA image and mask "
     "pairs, or 2-D images and stacks (.tif, .png, .npy). Folders are read in name order; slices "
     "with empty masks are skipped.",
-    "files_request": "The task name, mode and epochs set in the dock's learn section.",
+    "files_request": "The task name, mode, adapter and epochs set in the dock's learn section.",
     "files_images": "Image files, or folders of them (a DICOM folder is one series).",
     "files_masks": "The mask of each image: a label volume on the image's grid, a DICOM SEG "
     "of the series, or 2-D masks matching the image slices.",
@@ -220,14 +224,29 @@ MODES = (
     ("replace", "Retrain (replace the task)"),
     ("extend", "Extend (add these slices)"),
 )
+#: The adapter kinds a task can train (``casam.config.ADAPTER_KINDS``), in the dock's words.
+ADAPTERS = (
+    ("alignment", "Alignment Layer (organs)"),
+    ("decoder", "Decoder adapter (lesions)"),
+)
 
 
-def describe_progress(p: Any, epochs: int | None = None) -> tuple[str, int, int]:
-    """Progress text and (value, maximum) for one engine ``Progress`` (or a str)."""
+def adapter_title(kind: str) -> str:
+    """A task's adapter kind in the dock's words (short: no advice)."""
+    return {"alignment": "Alignment Layer", "decoder": "decoder adapter"}.get(kind, kind)
+
+
+def describe_progress(
+    p: Any, epochs: int | None = None, adapter: str = "alignment"
+) -> tuple[str, int, int]:
+    """Progress text and (value, maximum) for one engine ``Progress`` (or a str); ``adapter``:
+    the kind being trained."""
     if isinstance(p, str):
         return p, 0, 0
     stage = getattr(p, "stage", "")
     parts = [STAGES.get(stage, str(stage))]
+    if stage == "align" and adapter == "decoder":
+        parts = ["Training the decoder adapters"]
     epoch = getattr(p, "epoch", None)
     if epoch is not None and stage == "align":
         parts.append(f"epoch {epoch} of {epochs}" if epochs else f"epoch {epoch}")
@@ -272,10 +291,11 @@ def learning_from_files(name: str, n_pairs: int, skipped: int) -> str:
     )
 
 
-def files_request(name: str, mode_title: str, epochs: int) -> str:
-    """What the files dialog will learn: the dock's task name, mode and epochs."""
+def files_request(name: str, mode_title: str, epochs: int, adapter_title: str = "") -> str:
+    """What the files dialog will learn: the dock's task name, mode, adapter and epochs."""
     task = f"“{name}”" if name else "no name yet (give one in the dock)"
-    return f"Task: {task} · {mode_title} · {plural(epochs, 'epoch')}"
+    kind = f" · {adapter_title}" if adapter_title else ""
+    return f"Task: {task} · {mode_title}{kind} · {plural(epochs, 'epoch')}"
 
 
 def files_read(n_pairs: int, skipped: int) -> str:
@@ -296,9 +316,10 @@ def describe_estimate(p: Any) -> str:
 
 def describe_result(info: Any, seconds: float) -> str:
     """One line for the dock after a task was learned."""
+    kind = getattr(info, "adapter", "alignment")
     head = (
         f"Learned “{info.name}” from {info.n_images} images ({info.n_objects} objects) "
-        f"in {seconds:.0f} s."
+        f"in {seconds:.0f} s" + (f" ({adapter_title(kind)})." if kind != "alignment" else ".")
     )
     if info.iou_task is None or info.iou_sam is None:
         return head + " No images were held out, so no IoU was measured."

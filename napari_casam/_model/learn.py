@@ -63,6 +63,9 @@ class LearnModel:
         self.session = session
         self.settings_overrides: dict[str, Any] = {}
         """Extra ``LearnSettings`` fields (tests use a tiny schedule)."""
+        self.adapter = "alignment"
+        """The adapter kind a new or retrained task trains (``casam.config.ADAPTER_KINDS``);
+        an extended task keeps its own (the engine reads it from the task)."""
         self.worker: Any = None
         self.cancelling = False
         self.last_info: Any = None
@@ -72,6 +75,7 @@ class LearnModel:
         self.epochs: int | None = None
         self.closed = False
         self._stage: str | None = None
+        self._kind = "alignment"
         self._stage_t0 = 0.0
         self._stage_step0 = 0
         self._cancel = threading.Event()
@@ -84,6 +88,19 @@ class LearnModel:
     @property
     def running(self) -> bool:
         return self.worker is not None
+
+    def _task_kind(self, name: str) -> str:
+        """The adapter kind of an existing task (an extended task keeps its own)."""
+        tasks = getattr(self.session, "active_tasks", lambda: [])()
+        return next((t.adapter for t in tasks if t.name == name), "alignment")
+
+    def set_adapter(self, kind: str) -> None:
+        """Choose the adapter kind of the next training (one of ``casam.config.ADAPTER_KINDS``)."""
+        from casam.config import ADAPTER_KINDS
+
+        if kind not in ADAPTER_KINDS:
+            raise ValueError(f"unknown adapter kind {kind!r}; one of {', '.join(ADAPTER_KINDS)}")
+        self.adapter = kind
 
     def check(self, name: str, mode: str, image: Any, labels: Any) -> str | None:
         """Why a training from one image and its Labels layer cannot start (None: it can)."""
@@ -215,8 +232,11 @@ class LearnModel:
     ) -> bool:
         from casam import LearnSettings
 
-        settings = LearnSettings(**{"epochs": epochs, **self.settings_overrides})
+        settings = LearnSettings(
+            **{"epochs": epochs, "adapter": self.adapter, **self.settings_overrides}
+        )
         self.epochs = settings.epochs
+        self._kind = self.adapter if mode != "extend" else self._task_kind(name)
         self._cancel = threading.Event()
         self.cancelling = False
         self._t0 = time.perf_counter()
@@ -257,7 +277,7 @@ class LearnModel:
     def _on_progress(self, p: Any) -> None:
         if self.closed:
             return
-        text, value, total = _texts.describe_progress(p, self.epochs)
+        text, value, total = _texts.describe_progress(p, self.epochs, self._kind)
         stage = getattr(p, "stage", None)
         if stage == "plan":
             self.message.emit(f"{self._started} {_texts.describe_estimate(p)}")

@@ -22,7 +22,7 @@ from napari_casam._model.learn import LearnModel
 from napari_casam._qt.common import combo
 from napari_casam._qt.learn_files import LearnFilesDialog
 from napari_casam._qt.learn_pairs import PairsList
-from napari_casam._texts import MODES, TIPS, files_request
+from napari_casam._texts import ADAPTERS, MODES, TIPS, files_request
 
 if TYPE_CHECKING:
     import napari
@@ -61,6 +61,11 @@ class LearnPanel(QWidget):
         for key, title in MODES:
             self.mode.addItem(title, key)
         form.addRow("Mode", self.mode)
+        self.adapter = combo(TIPS["adapter"])
+        for key, title in ADAPTERS:
+            self.adapter.addItem(title, key)
+        self.adapter.setCurrentIndex(self.adapter.findData(model.adapter))
+        form.addRow("Adapter", self.adapter)
         from casam.config import LearnSettings
 
         self.epochs = QSpinBox()
@@ -103,6 +108,9 @@ class LearnPanel(QWidget):
         self.learn_btn.clicked.connect(lambda: self.learn())
         self.cancel_btn.clicked.connect(self.cancel)
         self.files_btn.clicked.connect(self.open_files_dialog)
+        self.adapter.currentIndexChanged.connect(
+            lambda _i: model.set_adapter(self.adapter.currentData())
+        )
         model.progress.connect(self._on_progress)
         model.state_changed.connect(self._on_state)
         model.message.connect(self.result.setText, check_nargs=False)
@@ -199,7 +207,12 @@ class LearnPanel(QWidget):
         return self.files_dialog
 
     def _describe_request(self) -> str:
-        return files_request(self.name.text().strip(), self.mode.currentText(), self.epochs.value())
+        return files_request(
+            self.name.text().strip(),
+            self.mode.currentText(),
+            self.epochs.value(),
+            self.adapter.currentText(),
+        )
 
     def _set_request(self, name: str | None, mode: str | None) -> None:
         if name is not None:

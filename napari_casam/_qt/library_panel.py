@@ -22,7 +22,15 @@ from qtpy.QtWidgets import (
 )
 
 from napari_casam._notify import notify as _notify
-from napari_casam._texts import COLUMNS, EXPORT_FILTER, HIDDEN_COLUMNS, TIPS, iou_tip, task_row
+from napari_casam._texts import (
+    COLUMNS,
+    EXPORT_FILTER,
+    HIDDEN_COLUMNS,
+    TIPS,
+    adapter_title,
+    iou_tip,
+    task_row,
+)
 
 if TYPE_CHECKING:
     from napari_casam._session import Session
@@ -98,7 +106,9 @@ class LibraryPanel(QWidget):
                 if c:
                     item.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
                 if c in (0, 4):
-                    item.setToolTip(f"{info.name} · created {info.created}")
+                    item.setToolTip(
+                        f"{info.name} · {adapter_title(info.adapter)} · created {info.created}"
+                    )
                 if c == 3 and info.iou_task is not None and info.iou_sam is not None:
                     item.setToolTip(iou_tip(info))
                 if refused:

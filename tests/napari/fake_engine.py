@@ -44,9 +44,16 @@ class FakeSession:
     saved: list[str] = field(default_factory=list)
     cached: set = field(default_factory=set)
     """Plane indices embedded so far (routing with compute, boxes, prefetching)."""
+    kinds: dict = field(default_factory=dict)
+    """task name -> adapter kind (default alignment), as ``active_tasks`` lists them."""
+    learn_settings: list = field(default_factory=list)
+    """The ``LearnSettings`` of every job_learn call."""
 
     def task_names(self) -> list[str]:
         return list(self.names)
+
+    def active_tasks(self) -> list[FakeInfo]:
+        return [FakeInfo(n, adapter=self.kinds.get(n, "alignment")) for n in self.names]
 
     def job_route(self, image, index, compute):
         self.calls.append(("route", index))
@@ -98,6 +105,7 @@ class FakeSession:
         from casam.errors import Cancelled
 
         self.calls.append(("learn", len(images), list(names or []), overwrite, extend))
+        self.learn_settings.append(settings)
         try:
             return (yield from relay(self._train(name, settings), cancel.is_set))
         except Cancelled:
@@ -108,7 +116,7 @@ class FakeSession:
         for epoch in range(1, self.learn_events + 1):
             yield FakeProgress("align", epoch, self.learn_events, epoch, 0.5 / epoch)
         self.saved.append(name)
-        return FakeInfo(name)
+        return FakeInfo(name, adapter=self.kinds.get(name, settings.adapter))
 
 
 FakeProgress = Progress  # the engine's own event (casam.progress imports no torch)
@@ -122,6 +130,7 @@ class FakeInfo:
     iou_sam: float | None = 0.5
     iou_task: float | None = 0.9
     n_holdout: int = 1
+    adapter: str = "alignment"
 
 
 class FakeLayers:

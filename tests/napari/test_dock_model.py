@@ -301,6 +301,35 @@ def test_learn_summary_says_when_a_task_does_not_help_yet_or_was_not_measured():
     assert "\n" not in unmeasured and unmeasured.endswith("so no IoU was measured.")
 
 
+def test_the_adapter_choice_reaches_learn_settings_and_its_words(monkeypatch):
+    monkeypatch.setenv("CASAM_NAPARI_NOTHREADS", "1")
+    session = FakeSession(names=["MR tumour"], kinds={"MR tumour": "decoder"})
+    model = LearnModel(session)
+    model.notify = lambda kind, msg: None
+    assert model.adapter == "alignment"
+    with pytest.raises(ValueError):
+        model.set_adapter("prompt")
+    image, labels = labels_for(SHAPE, [1, 3])
+    progress, messages = [], []
+    model.progress.connect(lambda text, v, n: progress.append(text))
+    model.message.connect(messages.append)
+    model.set_adapter("decoder")
+    assert model.start("MR lesion", "new", image, labels, epochs=3)
+    assert session.learn_settings[-1].adapter == "decoder"
+    assert session.learn_settings[-1].epochs == 3
+    assert any(t.startswith("Training the decoder adapters · epoch 2 of 3") for t in progress)
+    assert "(decoder adapter)." in messages[-1]
+    model.set_adapter("alignment")
+    progress.clear()
+    assert model.start("CT liver", "new", image, labels, epochs=2)
+    assert session.learn_settings[-1].adapter == "alignment"
+    assert any(t.startswith("Training the Alignment Layer · epoch 1 of 2") for t in progress)
+    assert "adapter)" not in messages[-1]
+    progress.clear()  # extending a decoder task: its own kind's words (the engine keeps it)
+    assert model.start("MR tumour", "extend", image, labels, epochs=2)
+    assert any(t.startswith("Training the decoder adapters") for t in progress)
+
+
 def test_cancel_a_training_saves_nothing(monkeypatch):
     monkeypatch.setenv("CASAM_NAPARI_NOTHREADS", "1")
     session = FakeSession()

@@ -114,7 +114,8 @@ def cmd_learn(args: argparse.Namespace) -> int:
         image_names=[x.name for x in pairs],
         estimate=True,
     )
-    display = LearnDisplay(settings.epochs)
+    kind = lib.info(name).adapter if args.extend else settings.adapter
+    display = LearnDisplay(settings.epochs, adapter=kind)
     try:
         info = drive(gen, display)
     finally:

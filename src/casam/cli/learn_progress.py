@@ -34,8 +34,11 @@ class LearnDisplay:
         every: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         tty: bool | None = None,
+        adapter: str = "alignment",
     ) -> None:
         self.epochs = epochs
+        self.adapter = adapter
+        """The adapter kind being trained (its words in the "align" stage)."""
         self.stream = stream if stream is not None else sys.stderr
         self.every = every
         self.clock = clock
@@ -65,7 +68,10 @@ class LearnDisplay:
 
     def text(self, pr: Any, now: float) -> str:
         """One line: stage, step k of n, epoch k of n, loss and the stage's time left."""
-        words = [STAGE_WORDS.get(pr.stage, pr.stage), f"{pr.step}/{pr.total}"]
+        stage = STAGE_WORDS.get(pr.stage, pr.stage)
+        if pr.stage == "align" and self.adapter == "decoder":
+            stage = "training the decoder adapters"
+        words = [stage, f"{pr.step}/{pr.total}"]
         if pr.epoch is not None:
             words.append(f"epoch {pr.epoch} of {self.epochs}")
         if pr.loss is not None:
