@@ -36,7 +36,9 @@ def test_old_library_routes_and_segments_identically(old_library):
     for image, want in zip(probes, expected, strict=True):
         r = p.route_embedding(p.embed(image))
         assert (r.task, r.fallback) == (want["task"], want["fallback"])
-        assert r.score == pytest.approx(want["score"], rel=1e-5)
+        # rel 1e-4: float sums differ with the thread count (2e-5 seen at one thread); a
+        # changed score formula or loaded weight moves it by far more
+        assert r.score == pytest.approx(want["score"], rel=1e-4)
         assert r.threshold == pytest.approx(want["threshold"], rel=1e-9)
     assert [w["fallback"] for w in expected] == [False, False, False, True]  # both outcomes
     mask = p.predict_embedding(p.embed(probes[0]), [[16, 16, 48, 48]], task="tiny disks").masks[0]
