@@ -103,9 +103,10 @@ def methods_of(models: dict) -> list[str]:
     return [m for m in METHODS if m not in SEQUENTIAL or f"{SEQUENTIAL[m]}:" in "".join(models)]
 
 
-def order_table(su, ev: Evaluator, oname: str, order: list[str]) -> dict:
+def order_table(su, ev: Evaluator, oname: str, order: list[str], methods=None) -> dict:
+    """Last-/Avg-/FF-IoU and BIoU of ``methods`` (default: every trained one) over ``order``."""
     N = len(order)
-    METHODS = methods_of(ev.models)  # noqa: N806
+    METHODS = methods or methods_of(ev.models)  # noqa: N806
     R = {m: ({}, {}) for m in METHODS}
     for j in range(N):
         known = order[: j + 1]

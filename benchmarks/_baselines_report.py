@@ -66,6 +66,20 @@ def _header(run: dict) -> list[str]:
     ]
 
 
+def _sequential_run(run: dict) -> list[str]:
+    """The line of a later run that added EWC/LwF (``baselines.py --add-to``), if any."""
+    sr = run.get("sequential_run")
+    if not sr:
+        return []
+    m = sr["machine"]
+    flags = ", ".join(k for k, v in m.get("cpu_flags", {}).items() if v) or "no flags read"
+    return [
+        f"EWC and LwF rows: added by a later run (`--add-to`) on {m['cpu']} ({flags}), "
+        f"{m['cores']} cores, {m['date']}. It recomputed plain SAM's figures on the same "
+        "embeddings and splits and found them equal to the rows above (it refuses otherwise).\n"
+    ]
+
+
 def _order_tables(run: dict) -> list[str]:
     L = []
     for o in run["orders"]:
@@ -132,7 +146,8 @@ def _costs(run: dict) -> list[str]:
             f"{k}: Avg {v['Avg-IoU']:.2f}, Last {v['Last-IoU']:.2f}, FF {v['FF-IoU']:.2f}"
             for k, v in w["val"].items()
         )
-        L.append(f"- {kind.upper()} weight on validation slices ({w['order'][0]} first): {vals}.")
+        name = {"ewc": "EWC", "lwf": "LwF"}.get(kind, kind)
+        L.append(f"- {name} weight on validation slices ({w['order'][0]} first): {vals}.")
     secs = run["train_seconds"]
     groups = {}
     for k, v in secs.items():
@@ -156,5 +171,12 @@ def _costs(run: dict) -> list[str]:
 
 def render(run: dict) -> str:
     notes = [f"> {n}\n" for n in run.get("notes", [])]
-    parts = _header(run) + notes + _order_tables(run) + _single_and_ood(run) + _costs(run)
+    parts = (
+        _header(run)
+        + _sequential_run(run)
+        + notes
+        + _order_tables(run)
+        + _single_and_ood(run)
+        + _costs(run)
+    )
     return "\n".join(parts) + "\n"

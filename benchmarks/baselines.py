@@ -3,6 +3,7 @@
     python benchmarks/baselines.py                 # all 6 tasks, both orders (about 1 h here)
     python benchmarks/baselines.py --quick         # smoke run: 2 tasks
     python benchmarks/baselines.py --timing-only   # decode ms per box of every method (quiet!)
+    python benchmarks/baselines.py --add-to benchmarks/results/baselines.json  # EWC/LwF rows only
 
 Same frozen backbone (LiteMedSAM), tasks, splits, ground-truth-box prompts, metrics and cached
 embeddings as ``quality.py`` (imported, not copied). Methods:
@@ -79,6 +80,13 @@ def parse(argv):
     ap.add_argument("--json", default=None)
     ap.add_argument("--md", default=str(HERE.parent / "docs" / "benchmark-quality.md"))
     ap.add_argument("--render", metavar="JSON", default=None, help="only re-write the section")
+    ap.add_argument(
+        "--add-to",
+        metavar="JSON",
+        default=None,
+        help="train and score only EWC/LwF and add their rows to this earlier full run's JSON "
+        "(refused unless plain SAM's figures agree: same embeddings, tasks and splits)",
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.tasks = ",".join(QUICK_TASKS)
@@ -214,6 +222,41 @@ def train_all(su: Setup, args, orders, parts, ev_part=None) -> tuple[dict, dict]
     return models, weights
 
 
+def add_sequential(su: Setup, args, orders, parts: list[str]) -> int:
+    """``--add-to``: EWC/LwF (trained or loaded) scored over both orders, their rows added to an
+    earlier full run, whose other rows, routing and costs stay as they were measured."""
+    from _baselines_eval import SEQUENTIAL, order_table
+
+    t0 = time.perf_counter()
+    models, weights = train_all(su, args, orders, parts)
+    run = json.loads(Path(args.add_to).read_text())
+    ev = Evaluator(su, models)
+    methods = ["plain SAM", *[m for m, k in SEQUENTIAL.items() if k in weights]]
+    for o in run["orders"]:
+        new = order_table(su, ev, o["name"], o["order"], methods)
+        for col, v in new["table"]["plain SAM"].items():
+            if abs(v - o["table"]["plain SAM"][col]) > 0.01:
+                raise SystemExit(
+                    f"plain SAM's {col} in order {o['name']} is {v:.3f} here and "
+                    f"{o['table']['plain SAM'][col]:.3f} in {args.add_to}: not the same "
+                    "embeddings or splits; run the full benchmark instead"
+                )
+        for m in methods[1:]:
+            o["table"][m] = new["table"][m]
+            o["per_task_last"][m] = new["per_task_last"][m]
+    ev.save()
+    run["weights"] = {**run.get("weights", {}), **weights}
+    run["train_seconds"] = {**run["train_seconds"], **su.secs.data}
+    mach = machine()
+    mach["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
+    run["sequential_run"] = {"machine": mach, "seconds": round(time.perf_counter() - t0, 1)}
+    run["notes"] = run.get("notes", []) + args.note
+    Path(args.json).write_text(json.dumps(run, indent=1, default=str))
+    write_section(Path(args.md), run)
+    print(json.dumps({o["name"]: o["table"] for o in run["orders"]}, indent=1))
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse(argv)
     if args.render:
@@ -236,6 +279,8 @@ def main(argv=None) -> int:
         train_all(su, args, orders, parts, ev_part=part_name(args))
         return 0
     skip = {x.strip() for x in args.skip.split(",") if x.strip()}
+    if args.add_to:
+        return add_sequential(su, args, orders, [k for k in ("ewc", "lwf") if k not in skip])
     if args.timing_only:  # EWC/LwF decode like CA-SAM (one Alignment Layer): not needed
         skip |= {"ewc", "lwf"}
     models, weights = train_all(su, args, orders, [x for x in PARTS if x not in skip])
