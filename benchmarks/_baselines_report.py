@@ -158,6 +158,23 @@ def _costs(run: dict) -> list[str]:
         + ", ".join(f"{g} {sum(v):.0f} s ({len(v)} trainings)" for g, v in groups.items())
         + "."
     )
+    t = run.get("timing")
+    if t:
+        m = t["machine"]
+        L.append(
+            f"- **Quiet figures of record** (`baselines.py --timing-only`, {m['date'][:16]} UTC, "
+            f"{m['cpu']}, {m['cores']} cores, load average {m['load_avg_1m_at_start']} at the "
+            f"start and {m['load_avg_1m_at_end']} at the end; untrained models of each kind: a "
+            "pass costs the same whatever the weights; EWC/LwF = CA-SAM):"
+        )
+        L.append(
+            "  decode ms per box (module + prompt encoder + decoder, median): "
+            + ", ".join(f"{k} {v:.1f}" for k, v in t["decode_ms"].items())
+            + "; training ms per step (batch of the schedule: forward, loss, backward, Adam): "
+            + ", ".join(f"{k} {v:.0f}" for k, v in t["train_step_ms"].items())
+            + ".\n"
+        )
+        return L
     if not run["decode_ms"]:
         return L
     L.append(

@@ -154,3 +154,36 @@ def load_layer_state(state: dict):
     from casam.task_tensors import layer_from_state
 
     return layer_from_state(state)
+
+
+def timing_models(su) -> dict:
+    """Untrained models of each per-task kind for the first task, keyed as trained ones are: the
+    Alignment Layer (scale fixed from the task's embeddings, as ``learn_task`` does), decoder
+    adapters and a decoder copy. A forward or backward pass costs the same whatever the weights."""
+    from casam.task_adapter import new_adapter
+
+    n = su.names[0]
+    models = {f"casam:{n}": new_adapter(su.bb, su.s, su.samples[n].z).module.eval()}
+    models.update({f"{k}:{n}": new_plug(k, su.bb).eval() for k in ("adapter", "decoder")})
+    return models
+
+
+def train_step_ms(su, models: dict, epochs: int = 2) -> dict:
+    """Milliseconds per training step (one batch of the schedule: forward, loss, backward, Adam)
+    of each kind in ``models`` (a copy of each is trained, so the timed models stay untouched), on
+    the first task's training samples with the default schedule shortened to ``epochs``."""
+    from casam import LearnSettings
+
+    n = su.names[0]
+    samples = su.samples[n]
+    labels = {"casam": "CA-SAM", "adapter": "decoder adapter", "decoder": "decoder tuning"}
+    steps = epochs * -(-len(samples) // su.s.batch_size)
+    out = {}
+    for kind, label in labels.items():
+        layer = copy.deepcopy(models[f"{kind}:{n}"]).train()
+        lr_kind = "ewc" if kind == "casam" else kind  # CA-SAM's rate: the schedule's own
+        s = LearnSettings.from_dict({**settings_with_lr(su.s, lr_kind).to_dict(), "epochs": epochs})
+        t0 = time.perf_counter()
+        train_layer(su.bb, samples, s, layer=layer, decoder=decoder_of(layer, su.bb))
+        out[label] = round(1000 * (time.perf_counter() - t0) / steps, 1)
+    return out

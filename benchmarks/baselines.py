@@ -2,7 +2,7 @@
 
     python benchmarks/baselines.py                 # all 6 tasks, both orders (about 1 h here)
     python benchmarks/baselines.py --quick         # smoke run: 2 tasks
-    python benchmarks/baselines.py --timing-only   # decode ms per box of every method (quiet!)
+    python benchmarks/baselines.py --timing-only   # decode and training-step ms (quiet!)
     python benchmarks/baselines.py --add-to benchmarks/results/baselines.json  # EWC/LwF rows only
 
 Same frozen backbone (LiteMedSAM), tasks, splits, ground-truth-box prompts, metrics and cached
@@ -38,7 +38,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _baselines_eval import Evaluator, decode_ms, method_tables  # noqa: E402
 from _baselines_report import write_section  # noqa: E402
-from _baselines_train import Seconds, per_task_model, sequential_stages  # noqa: E402
+from _baselines_train import (  # noqa: E402
+    Seconds,
+    per_task_model,
+    sequential_stages,
+    timing_models,
+    train_step_ms,
+)
 from _baselines_tune import tune_weight  # noqa: E402
 from _common import EMB_CACHE, HERE, Samples, evenly, load_ood, load_tasks, machine  # noqa: E402
 from datasets import DOMAIN_TASKS  # noqa: E402
@@ -74,7 +80,12 @@ def parse(argv):
         "exit: separate processes share the work; a later full run only evaluates",
     )
     ap.add_argument("--threads", type=int, default=None, help="torch threads (parallel parts: 1)")
-    ap.add_argument("--timing-only", action="store_true", help="only decode ms (trained models)")
+    ap.add_argument(
+        "--timing-only",
+        action="store_true",
+        help="only decode and training-step ms, on untrained models of each kind (a module's "
+        "cost is its architecture's, not its weights'); added to --json's run if it exists",
+    )
     ap.add_argument("--repeats", type=int, default=30, help="timed decodes per method")
     ap.add_argument("--work", default="~/.cache/napari-casam/bench-baselines")
     ap.add_argument("--json", default=None)
@@ -257,6 +268,31 @@ def add_sequential(su: Setup, args, orders, parts: list[str]) -> int:
     return 0
 
 
+def timing_only(su: Setup, args) -> int:
+    """``--timing-only``: decode ms per box and training ms per step of every kind, measured on
+    freshly built models (EWC/LwF train and decode one Alignment Layer: CA-SAM's costs). Written
+    to ``<json>.timing.json`` and, where the full run's JSON exists, into it as ``timing`` (its
+    markdown section is rendered again)."""
+    models = timing_models(su)
+    machine_now = machine()
+    timing = {
+        "machine": machine_now,
+        "decode_ms": decode_ms(su, models, args.repeats),
+        "train_step_ms": train_step_ms(su, models),
+    }
+    timing["machine"]["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
+    log(f"timing: {timing}")
+    path = Path(args.json)
+    path.with_suffix(".timing.json").write_text(json.dumps(timing, indent=1))
+    if path.is_file():
+        run = json.loads(path.read_text())
+        run["timing"] = timing
+        path.write_text(json.dumps(run, indent=1, default=str))
+        write_section(Path(args.md), run)
+    print(json.dumps({k: timing[k] for k in ("decode_ms", "train_step_ms")}, indent=1))
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse(argv)
     if args.render:
@@ -281,16 +317,12 @@ def main(argv=None) -> int:
     skip = {x.strip() for x in args.skip.split(",") if x.strip()}
     if args.add_to:
         return add_sequential(su, args, orders, [k for k in ("ewc", "lwf") if k not in skip])
-    if args.timing_only:  # EWC/LwF decode like CA-SAM (one Alignment Layer): not needed
-        skip |= {"ewc", "lwf"}
+    if args.timing_only:
+        return timing_only(su, args)
     models, weights = train_all(su, args, orders, [x for x in PARTS if x not in skip])
     run = {"machine": machine(), "backbone": su.bb.identity, "settings": su.s.to_dict()}
     run["decode_ms"] = decode_ms(su, models, args.repeats) if args.repeats else {}
     log(f"decode ms per box: {run['decode_ms']}")
-    if args.timing_only:
-        Path(args.json).with_suffix(".timing.json").write_text(json.dumps(run, indent=1))
-        print(json.dumps(run["decode_ms"], indent=1))
-        return 0
     ev = Evaluator(su, models)
     run.update(method_tables(su, ev, orders, models, weights))
     for n in su.names:  # a learn_task interrupted before learn_missing returned: its own record
