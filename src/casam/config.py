@@ -79,6 +79,10 @@ class LearnSettings:
     stored images (the threshold uses the same k). 1: benchmarks/routing.py's validation keeps
     it (k = 2 accepts more of a new patient's slices but sends augmented validation slices to
     wrong tasks; docs/benchmark-quality.md, "Router designs")."""
+    choose_strength: bool = True
+    """After training, try the adapter at strengths 0 (plain SAM), 0.25, ..., 1 (as trained) on
+    the held-out slices and keep the best (``casam.training.STRENGTHS``): a task is never below
+    plain SAM on its own held-out slices. Off, or without held-out slices: as trained."""
     holdout: float = 0.2
     """Share of annotated images held out to measure IoU (0 disables; at most ``max_holdout``)."""
     max_holdout: int = 10
