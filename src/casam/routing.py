@@ -134,7 +134,7 @@ class RouteDecision:
             text = str(self.reason)
         else:
             text = f"its images look like this one (score {share(self.ratio)})"
-        if self.runner_up is not None:
+        if self.runner_up is not None and not self.ambiguous:  # an ambiguous reason names it
             text += f"; runner-up {self.runner_up} at {share(self.runner_up_ratio)}"
         return text
 

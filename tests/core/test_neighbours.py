@@ -182,6 +182,7 @@ def test_decide_beyond_the_own_threshold_needs_a_clear_runner_up():
     assert near.best == "a" and near.runner_up == "b"
     assert near.reason.startswith("too close to call: a scores 80% of its threshold, b 85%")
     assert near.to_json("x")["ambiguous"] is True and near.to_json("x")["reason"] == near.reason
+    assert near.detail == near.reason and str(near) == f"SAM fallback: {near.reason}"
     beyond = decide(["a", "b"], [1.2, 3.0], [1.0, 1.0], **kw)  # beyond the floor too
     assert beyond.fallback and not beyond.ambiguous
     assert beyond.reason.startswith("unlike every learned task")
