@@ -200,6 +200,14 @@ def main(argv=None) -> int:
         default=None,
         help="only re-write the markdown from an earlier run's JSON (plus --note)",
     )
+    ap.add_argument(
+        "--baselines-from",
+        metavar="JSON",
+        default=None,
+        help="take naive and joint (whose training code CA-SAM's changes do not touch) from an "
+        "earlier run's JSON instead of training them: per order of the same name, refused unless "
+        "plain SAM's figures agree; an order that run lacks gets no naive row",
+    )
     ap.add_argument("--md", default=str(HERE.parent / "docs" / "benchmark-quality.md"))
     ap.add_argument("--json", default=str(HERE / "results" / "quality.json"))
     args = ap.parse_args(argv)
@@ -221,6 +229,13 @@ def main(argv=None) -> int:
         ap.error(f"unknown tasks {missing}; known: {list(all_tasks)}")
     tasks = [all_tasks[n] for n in names]
     train = {t.name: evenly(t.train, args.max_train) for t in tasks}
+    # held out from training (the task's other training slices, as routing_data's val): the
+    # learner measures its held-out IoU and chooses the layer's strength on them
+    held = {
+        t.name: evenly([pr for pr in t.train if not any(pr is q for q in train[t.name])], 8)
+        for t in tasks
+    }
+    old = json.loads(Path(args.baselines_from).read_text()) if args.baselines_from else None
     test = {t.name: list(t.test) for t in tasks}
     ood = load_ood(args.data_cache)
     sizes = {n: len(test[n]) for n in names}
@@ -240,12 +255,13 @@ def main(argv=None) -> int:
         "notes": list(args.note),
         "engine": engine_fingerprint(),
         "max_train": args.max_train,
+        "baselines_from": args.baselines_from,
         "tasks": [],
         "seconds": {},
     }
 
     if args.train_only:
-        return train_only(args, p, names, train, s, work)
+        return train_only(args, p, names, train, s, work, held)
     log("embeddings ...")
     t0 = time.perf_counter()
     pairs = [pr for n in names for pr in train[n] + test[n]]
@@ -264,6 +280,7 @@ def main(argv=None) -> int:
                 "name": t.name,
                 "modality": t.modality,
                 "train_used": len(train[t.name]),
+                "held_out": len(held[t.name]),
                 "train_available": len(t.train),
                 "test": len(t.test),
                 "source": t.source,
@@ -279,8 +296,10 @@ def main(argv=None) -> int:
 
     # ---- CA-SAM: each task learned once with casam's own training ------------------------------
     t0 = time.perf_counter()
-    learn_seconds = learn_missing(p, names, train, s)
+    learn_seconds = learn_missing(p, names, train, s, held)
     p.reload_library()
+    run["strength"] = {n: p.task_infos[n].settings.get("strength") for n in names}
+    run["strength_iou"] = {n: p.task_infos[n].settings.get("strength_iou") for n in names}
     run["seconds"]["ca_sam_learn"] = round(time.perf_counter() - t0, 1)
     run["ca_sam_learn_seconds"] = learn_seconds
     run["thresholds"] = {n: p.task_infos[n].threshold for n in names}
@@ -394,16 +413,18 @@ def main(argv=None) -> int:
 
     # ---- joint training (order-independent) ------------------------------------------------------
     samples = {n: Samples.from_pairs(p, train[n]) for n in names}
-    joint, joint_s = saved_layer(
-        work / "joint.safetensors",
-        s.blocks,
-        "joint training",
-        lambda: train_layer(bb, Samples.cat([samples[n] for n in names]), s),
-    )
-    if joint_s is not None:
-        run["seconds"]["joint_train"] = joint_s
-    for n in names:
-        scores[(n, "joint")] = layer_scores(p, joint, test[n])
+    if old is None:
+        joint, joint_s = saved_layer(
+            work / "joint.safetensors",
+            s.blocks,
+            "joint training",
+            lambda: train_layer(bb, Samples.cat([samples[n] for n in names]), s),
+        )
+        if joint_s is not None:
+            run["seconds"]["joint_train"] = joint_s
+        for n in names:
+            scores[(n, "joint")] = layer_scores(p, joint, test[n])
+    methods = [m for m in METHODS if old is None or m not in ("naive", "joint")]
 
     # ---- orders ----------------------------------------------------------------------------------
     orders = [order_list(o.strip(), names) for o in args.orders.split(",") if o.strip()]
@@ -416,7 +437,7 @@ def main(argv=None) -> int:
     for oname, order in orders:
         log(f"order {oname}: {order}")
         N = len(order)
-        R = {m: ({}, {}) for m in METHODS}  # method -> (R_iou, R_biou)
+        R = {m: ({}, {}) for m in methods}  # method -> (R_iou, R_biou)
 
         def put(method, k, j, v, R=R):
             R[method][0][(k, j)], R[method][1][(k, j)] = mean_pair(v)
@@ -426,7 +447,8 @@ def main(argv=None) -> int:
             for k in range(j + 1):
                 put("plain SAM", k, j, scores[(order[k], "sam")])
                 put("CA-SAM oracle", k, j, scores[(order[k], "oracle")])
-                put("joint", k, j, scores[(order[k], "joint")])
+                if old is None:
+                    put("joint", k, j, scores[(order[k], "joint")])
         # CA-SAM: the router knows tasks order[:j+1] (a library holding exactly those)
         routed_share = []
         for j in range(N):
@@ -448,13 +470,14 @@ def main(argv=None) -> int:
         p.reload_library()
         # naive sequential fine-tuning of one layer
         t0 = time.perf_counter()
-        for j, layer in enumerate(naive_stages(bb, oname, order, samples.__getitem__, s, work)):
+        stages = naive_stages(bb, oname, order, samples.__getitem__, s, work) if old is None else []
+        for j, layer in enumerate(stages):
             for k in range(j + 1):
                 put("naive", k, j, layer_scores(p, layer, test[order[k]]))
-        naive_s = round(time.perf_counter() - t0, 1)
+        naive_s = round(time.perf_counter() - t0, 1) if old is None else None
         sz = [sizes[n] for n in order]
         table = {}
-        for m in METHODS:
+        for m in methods:
             last_only = m == "joint"
             mi = cl_metrics(R[m][0], sz, last_only)
             mb = cl_metrics(R[m][1], sz, last_only)
@@ -464,10 +487,12 @@ def main(argv=None) -> int:
             }
         per_task = {
             m: {order[k]: [R[m][0][(k, N - 1)] * 100, R[m][1][(k, N - 1)] * 100] for k in range(N)}
-            for m in METHODS
+            for m in methods
         }
         matrix = {
-            m: {f"{k},{j}": R[m][0][(k, j)] for (k, j) in R[m][0]} for m in ("naive", "CA-SAM")
+            m: {f"{k},{j}": R[m][0][(k, j)] for (k, j) in R[m][0]}
+            for m in ("naive", "CA-SAM")
+            if m in methods
         }
         run["orders"].append(
             {
@@ -479,6 +504,8 @@ def main(argv=None) -> int:
                 "naive_train_s": naive_s,
             }
         )
+        if old is not None:
+            take_baselines(run["orders"][-1], old)
         log(json.dumps(table))
     run["seconds"]["total"] = round(time.perf_counter() - t_start, 1)
     run["peak_rss_mb"] = peak_rss_mb()
@@ -506,6 +533,26 @@ def write_md(md: Path, text: str) -> None:
     md.write_text(text)
 
 
+def take_baselines(o: dict, old: dict) -> None:
+    """Naive and joint rows of order ``o`` from an earlier run's order of the same name (joint
+    only when that run lacks the order), refused unless plain SAM's figures agree."""
+    prev = {x["name"]: x for x in old["orders"]}
+    src = prev.get(o["name"]) or next(iter(prev.values()))
+    for k, v in o["table"]["plain SAM"].items():
+        if k.startswith("Last") and abs(v - src["table"]["plain SAM"][k]) > 0.01:
+            raise SystemExit(f"plain SAM's {k} differs from the earlier run: not comparable")
+    keep = ("naive", "joint") if o["name"] in prev else ("joint",)
+    for m in keep:
+        o["table"][m] = src["table"][m]
+        o["per_task_last"][m] = src["per_task_last"][m]
+    if "naive" in keep:
+        o["R_iou"]["naive"] = src["R_iou"]["naive"]
+        o["naive_train_s"] = src.get("naive_train_s")
+    order = list(METHODS)
+    o["table"] = {m: o["table"][m] for m in order if m in o["table"]}
+    o["per_task_last"] = {m: o["per_task_last"][m] for m in order if m in o["per_task_last"]}
+
+
 def order_list(spec: str, names: list[str]) -> tuple[str, list[str]]:
     if spec == "forward":
         return "forward", list(names)
@@ -514,9 +561,9 @@ def order_list(spec: str, names: list[str]) -> tuple[str, list[str]]:
     return spec, [names[int(i)] for i in spec.split("-")]
 
 
-def learn_missing(p, names, train, s) -> dict[str, float]:
-    """Learn, with casam's own ``learn_task``, each task the predictor's library lacks.
-    Returns the seconds each one took."""
+def learn_missing(p, names, train, s, held=None) -> dict[str, float]:
+    """Learn, with casam's own ``learn_task``, each task the predictor's library lacks (``held``:
+    its held-out slices, never trained on). Returns the seconds each one took."""
     from casam.training import learn_task
 
     seconds = {}
@@ -532,6 +579,7 @@ def learn_missing(p, names, train, s) -> dict[str, float]:
             predictor=p,
             settings=s,
             overwrite=True,
+            holdout=([im for im, _ in held[n]], [m for _, m in held[n]]) if held else None,
         )
         seconds[n] = round(time.perf_counter() - t0, 1)
     return seconds
@@ -564,13 +612,13 @@ def naive_stages(bb, oname: str, order: list[str], samples_of, s, work: Path):
         yield layer
 
 
-def train_only(args, p, names, train, s, work) -> int:
+def train_only(args, p, names, train, s, work, held=None) -> int:
     """Train the requested parts into ``work`` (same files and names as the full run uses)."""
     parts = [x.strip() for x in args.train_only.split(",") if x.strip()]
     bb = p.backbone
     for part in parts:
         if part == "casam":
-            learn_missing(p, names, train, s)
+            learn_missing(p, names, train, s, held)
         elif part == "joint":
             saved_layer(
                 work / "joint.safetensors",
@@ -636,13 +684,30 @@ def render(run: dict) -> str:
     for note in run.get("notes", []):
         L.append(f"> {note}\n")
     L.append("## Tasks\n")
-    L.append("| # | task | modality | train used / available | test | split | source |")
+    L.append("| # | task | modality | train used / held out / available | test | split | source |")
     L.append("|---|---|---|---|---|---|---|")
     for i, t in enumerate(run["tasks"]):
         L.append(
-            f"| {i} | {t['name']} | {t['modality']} | {t['train_used']} / {t['train_available']} "
+            f"| {i} | {t['name']} | {t['modality']} | {t['train_used']} / "
+            f"{t.get('held_out', 0)} / {t['train_available']} "
             f"| {t['test']} | {t['split']} | {t['source']} |"
         )
+    if run.get("strength"):
+        L.append(
+            "\nLayer strength (`LearnSettings.choose_strength`): after training, each task's "
+            "layer is tried on its held-out slices (the task's other training slices, at most "
+            "8, never trained on; none where every training slice is used) at strengths 0 "
+            "(plain SAM), 0.25, 0.5, 0.75 and 1 (as trained), and the best is kept. Held-out "
+            "IoU by strength, and the one kept:\n"
+        )
+        L.append("| task | held-out IoU at 0 / 0.25 / 0.5 / 0.75 / 1 | kept |")
+        L.append("|---|---|---|")
+        for n, a in run["strength"].items():
+            ious = run.get("strength_iou", {}).get(n) or {}
+            cells = " / ".join(
+                f"{ious[k] * 100:.1f}" for k in ("0", "0.25", "0.5", "0.75", "1") if k in ious
+            )
+            L.append(f"| {n} | {cells or 'no held-out slices'} | {a:g} |")
     L.append(
         "\nCT spleen and MR spleen (also in `datasets.load_tasks()`) are left out: their slices "
         "are the "
@@ -681,7 +746,8 @@ def render(run: dict) -> str:
         f"Router: **{router}** (the default; "
         + (
             "kNN: distance of the pooled views to the task's nearest stored training image, "
-            "threshold a margin x the largest leave-one-out distance; "
+            "threshold a margin x the largest leave-one-out distance, raised to the task's floor "
+            "(beyond the own threshold only with a clear runner-up); "
             if router == "knn"
             else "the paper's VAE rule; "
         )
@@ -758,7 +824,7 @@ def render(run: dict) -> str:
         pp = PAPER.get(meth, {})
         ours = []
         for o in run["orders"]:
-            r = o["table"][meth]
+            r = o["table"].get(meth, {})
             ours.append(
                 " / ".join(fmt(r.get(k)) for k in ("Last-IoU", "Avg-IoU", "FF-IoU"))
                 + f", {fmt(r.get('Last-BIoU'))}"
@@ -779,9 +845,11 @@ def render(run: dict) -> str:
     for k, v in run.get("ca_sam_learn_seconds", {}).items():
         L.append(f"| learn_task '{k}' | {v} |")
     for o in run["orders"]:
-        L.append(
-            f"| naive fine-tuning, order {o['name']} (incl. evaluation) | {o['naive_train_s']} |"
-        )
+        if o.get("naive_train_s") is not None:
+            L.append(
+                f"| naive fine-tuning, order {o['name']} (incl. evaluation) | "
+                f"{o['naive_train_s']} |"
+            )
     return "\n".join(L) + "\n"
 
 

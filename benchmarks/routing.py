@@ -144,9 +144,27 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--json", default=str(HERE / "results" / "routing.json"))
     ap.add_argument("--md", default=str(HERE.parent / "docs" / "benchmark-quality.md"))
-    ap.add_argument("--chosen", default=None, help="design name whose tables are written out")
+    ap.add_argument(
+        "--chosen",
+        default=None,
+        help="design name whose tables are written out (default: validation's pick)",
+    )
     ap.add_argument("--note", action="append", default=[], help="a note for the markdown")
+    ap.add_argument(
+        "--render",
+        metavar="JSON",
+        default=None,
+        help="only re-write the markdown section from an earlier run's JSON (plus --note)",
+    )
     args = ap.parse_args(argv)
+    if args.render:
+        import routing_designs
+
+        run = json.loads(Path(args.render).read_text())
+        run["notes"] = run.get("notes", []) + args.note
+        Path(args.render).write_text(json.dumps(run, indent=1, default=str))
+        write_section(Path(args.md), routing_designs.render(run))
+        return 0
     run = {"machine": machine()}
     data = build_features(args.data_cache, args.budget_s)
     run["embed_seconds"] = round(data["embed_seconds"], 1)
@@ -157,7 +175,7 @@ def main(argv=None) -> int:
     run["n_images"] = sum(len(v) for v in data["keys"].values())
     run["parts"] = {f"{n}/{p}": len(v) for (n, p), v in data["keys"].items()}
     run.update(routing_designs.compare(data))
-    run["chosen"] = args.chosen
+    run["chosen"] = args.chosen or run["chosen_by_validation"]
     run["notes"] = args.note
     run["machine"]["load_avg_1m_at_end"] = round(__import__("os").getloadavg()[0], 2)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

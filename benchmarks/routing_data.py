@@ -69,6 +69,14 @@ def routing_tasks(cache=None, max_train: int = 16, max_val: int = 8) -> list[RTa
 def augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """One random variant of a slice: intensity window and gamma, noise, a small shift and scale,
     a left-right flip (p = 0.5). Same dtype and shape as ``image`` (float for integer inputs)."""
+    return augment_pair(image, None, rng)[0]
+
+
+def augment_pair(
+    image: np.ndarray, mask: np.ndarray | None, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``augment`` (the same draws, so the same image for the same ``rng``) and the mask moved
+    with it (nearest neighbour, outside the image: background)."""
     from skimage.transform import AffineTransform, warp
 
     x = image.astype(np.float64)
@@ -81,14 +89,25 @@ def augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     c = np.array([w / 2, h / 2])
     tf = AffineTransform(scale=s, translation=c - s * c + shift)
     u = warp(u, tf.inverse, mode="edge", preserve_range=True)
+    m = None
+    if mask is not None:
+        m = warp(np.asarray(mask, float), tf.inverse, order=0, mode="constant", cval=0.0) > 0.5
     if rng.random() < 0.5:
         u = u[:, ::-1]
-    return np.ascontiguousarray(u.astype(np.float32))
+        m = None if m is None else m[:, ::-1]
+    m = None if m is None else np.ascontiguousarray(m)
+    return np.ascontiguousarray(u.astype(np.float32)), m
 
 
 def augmented(pairs, copies: int, seed: int) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     return [augment(img, rng) for img, _ in pairs for _ in range(copies)]
+
+
+def augmented_pairs(pairs, copies: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``augmented``'s images (the same ones for the same seed) with their masks moved along."""
+    rng = np.random.default_rng(seed)
+    return [augment_pair(img, np.asarray(m) > 0, rng) for img, m in pairs for _ in range(copies)]
 
 
 # ---- out-of-distribution images ------------------------------------------------------------

@@ -12,6 +12,12 @@ with the lowest score / threshold ratio when that ratio is at most 1, else to pl
 
 Thresholds: ``q`` percentile of the held-out scores x ``margin``; with ``aug`` the calibration
 scores also include the task's augmented copies (scored by a model fitted without them).
+
+Wider acceptance beyond that *own* threshold (kNN), the engine's ``knn_floor`` and
+``knn_separation`` (``casam.routing.decide``): ``floor`` raises each task's threshold to at least
+that cosine distance, ``stretch`` multiplies it; an image beyond the own threshold but within the
+raised one is taken only when the runner-up's ratio (on the raised thresholds) is at least
+``sep`` times the best's, else plain SAM.
 """
 
 from __future__ import annotations
@@ -45,6 +51,13 @@ class Design:
     norm: bool = False  # per-view L2 normalisation (intensity-independent scale)
     k: int = 1  # kNN: mean distance to the k nearest
     few: float = 0.0  # threshold x (1 + few / sqrt(M)): grows for tasks fitted on few images
+    floor: float = 0.0  # raised threshold: at least this distance (kNN)
+    stretch: float = 1.0  # raised threshold: this many times the own one
+    sep: float = 1.0  # beyond the own threshold: runner-up ratio >= sep x best ratio
+
+    @property
+    def raised(self) -> bool:
+        return self.floor > 0 or self.stretch != 1.0
 
 
 def view(data: dict, name: str, part: str, v: str, norm: bool) -> np.ndarray:
@@ -126,14 +139,28 @@ def fitted(d: Design, data: dict, cache: dict) -> dict:
     return out
 
 
-def ratios(model: dict, data: dict, name: str, part: str, d: Design) -> np.ndarray:
-    """(N, T) score / threshold of every image of (name, part) under every task."""
+def ratios(
+    model: dict, data: dict, name: str, part: str, d: Design, own: bool = False
+) -> np.ndarray:
+    """(N, T) score / threshold of every image of (name, part) under every task (thresholds
+    raised by the design's floor and stretch unless ``own``)."""
     x = view(data, name, part, d.view, d.norm)
     if not len(x):
         return np.zeros((0, len(model)))
     combine = COMBINED.get(d.score, lambda r: np.max(r, axis=0))
-    cols = [combine(np.array([sc(x) / tau for sc, tau in model[t]])) for t in model]
+
+    def thr(tau: float) -> float:
+        return tau if own else max(tau * d.stretch, d.floor)
+
+    cols = [combine(np.array([sc(x) / thr(tau) for sc, tau in model[t]])) for t in model]
     return np.stack(cols, axis=1)
+
+
+def routes_of(model: dict, data: dict, name: str, part: str, d: Design):
+    """(routes, raised ratios) of the images of (name, part)."""
+    r = ratios(model, data, name, part, d)
+    strict = ratios(model, data, name, part, d, own=True) if d.raised else None
+    return decide(r, list(model), strict, d.sep), r
 
 
 COMBINED = {
@@ -143,9 +170,18 @@ COMBINED = {
 }
 
 
-def decide(r: np.ndarray, names: list[str]) -> list[str | None]:
-    i = r.argmin(1)
-    return [names[j] if r[k, j] <= 1.0 else None for k, j in enumerate(i)]
+def decide(
+    r: np.ndarray, names: list[str], own: np.ndarray | None = None, sep: float = 1.0
+) -> list[str | None]:
+    """The smallest ratio's task if it is at most 1 (with ``own``, the ratios on the tasks' own
+    thresholds: beyond 1 there, the runner-up's ratio must be at least ``sep`` x the best's)."""
+    out = []
+    for k, j in enumerate(r.argmin(1)):
+        ok = r[k, j] <= 1.0
+        if ok and own is not None and own[k, j] > 1.0 and r.shape[1] > 1:
+            ok = np.partition(r[k], 1)[1] >= sep * r[k, j]
+        out.append(names[j] if ok else None)
+    return out
 
 
 def evaluate(d: Design, data: dict, cache: dict, split: str) -> dict:
@@ -157,13 +193,12 @@ def evaluate(d: Design, data: dict, cache: dict, split: str) -> dict:
     for t in data["tasks"]:
         if t.name not in model:
             continue
-        routes = decide(ratios(model, data, t.name, split, d), names)
+        routes, _ = routes_of(model, data, t.name, split, d)
         c = sum(r == t.name for r in routes)
         w = sum(r is not None and r != t.name for r in routes)
         per_task[t.name] = {"n": len(routes), "own": c, "wrong": w, "fallback": len(routes) - c - w}
         own, wrong, tot = own + c, wrong + w, tot + len(routes)
-    r_ood = ratios(model, data, "ood", split, d)
-    ood_routes = decide(r_ood, names)
+    ood_routes, r_ood = routes_of(model, data, "ood", split, d)
     ood_meta = data["ood"].get(split, [])
     return {
         "design": dataclasses.asdict(d),
@@ -221,8 +256,30 @@ def families() -> list[Design]:
         Design(f"kNN {sm} norm, p100, few", "knn", sm, q=100, norm=True, few=4.0),
         Design(f"kNN {sm} norm, k=2, p100, few", "knn", sm, q=100, norm=True, k=2, few=4.0),
         Design(f"VAE and kNN {sm} norm, k=2, p100", "and", sm, q=100, norm=True, k=2),
+        # routing5: a threshold from the task's spread rather than its largest distance
+        Design(f"kNN {sm} norm, p90", "knn", sm, q=90, norm=True),
+        Design(f"kNN {sm} norm, p50", "knn", sm, q=50, norm=True),
     ]
     return ds
+
+
+def widened() -> list[Design]:
+    """routing5: the shipped design (margin 2, fixed) accepting beyond its own threshold when the
+    best task is clearly closer than every other: a best-vs-runner-up margin (stretch x the own
+    threshold) or a floor (a cosine distance), each with runner-up separations. Listed from the
+    narrowest, so validation's ties go to the least acceptance."""
+    sm, out = "attn+std+max", []
+    for stretch in (1.1, 1.2, 1.3):
+        for sep in (1.5, 2.0, 3.0):
+            name = f"kNN {sm} norm, p100 x 2, <= {stretch:g} x own if runner-up >= {sep:g} x"
+            out.append(
+                Design(name, "knn", sm, q=100, margin=2.0, norm=True, stretch=stretch, sep=sep)
+            )
+    for floor in (0.015, 0.02, 0.025, 0.0275, 0.03, 0.035, 0.04, 0.05):
+        for sep in (1.0, 1.1, 1.2, 1.3):
+            name = f"kNN {sm} norm, p100 x 2, floor {floor:g}, runner-up >= {sep:g} x"
+            out.append(Design(name, "knn", sm, q=100, margin=2.0, norm=True, floor=floor, sep=sep))
+    return out
 
 
 def tuned(base: Design, data: dict, cache: dict) -> tuple[Design, list[dict]]:
@@ -244,8 +301,9 @@ def compare(data: dict) -> dict:
         Design("paper (VAE attn, 1 x p97)", "vae"),
         Design("previous default (VAE attn, 1.5 x p97)", "vae", margin=1.5),
     ]
-    for base in fixed + families():
-        if base in fixed:
+    wide = widened()
+    for base in fixed + families() + wide:
+        if base in fixed or base in wide:
             d = base
         else:
             d, out["sweeps"][base.name] = tuned(base, data, cache)
@@ -277,14 +335,16 @@ def choose(out: dict) -> str | None:
             continue
         n = v["n_known"] + a["n_known"]
         own = (v["own"] * v["n_known"] + a["own"] * a["n_known"]) / max(n, 1)
-        k = (round(own, 9), v["design"]["name"].startswith(SHIPPED + " x "))
+        name = v["design"]["name"]
+        k = (round(own, 9), name == SHIPPED or name.startswith(SHIPPED + " x "))
         if key is None or k > key:
             best, key = v["design"]["name"], k
     return best
 
 
-#: The design the engine ships (casam.neighbours with LearnSettings' knn_margin and knn_k).
-SHIPPED = "kNN attn+std+max norm, p100"
+#: The design the engine ships (casam.neighbours with LearnSettings' knn_margin, knn_k,
+#: knn_floor and knn_separation).
+SHIPPED = "kNN attn+std+max norm, p100 x 2, floor 0.0275, runner-up >= 1.1 x"
 
 
 def route_ms_1000(data: dict, d: Design, cache: dict) -> float:

@@ -66,11 +66,14 @@ KNN_IMAGES = 16
 
 
 def random_knn_bank(n: int, seed: int = 0):
+    from casam.config import LearnSettings
     from casam.neighbours import NeighbourBank
 
     g = torch.Generator().manual_seed(seed)
     views = [torch.randn(KNN_IMAGES, 3, 256, generator=g) for _ in range(n)]
-    return NeighbourBank([f"task {i}" for i in range(n)], views, [0.05] * n)
+    s = LearnSettings()  # a task learned today: the default floor and separation
+    names = [f"task {i}" for i in range(n)]
+    return NeighbourBank(names, views, [0.05] * n, None, [s.knn_floor] * n, [s.knn_separation] * n)
 
 
 def random_bank(n: int, seed: int = 0):

@@ -326,7 +326,18 @@ def describe_result(info: Any, seconds: float) -> str:
     n = getattr(info, "n_holdout", None)
     on = f" on {n} held-out images" if n else " on held-out images"
     ious = f" IoU{on}: SAM {fmt(info.iou_sam)} → task {fmt(info.iou_task)}."
-    return head + ious + "\n" + expected_gain(info)
+    return head + ious + strength_note(info) + "\n" + expected_gain(info)
+
+
+def strength_note(info: Any) -> str:
+    """Said when learning kept the layer below its trained strength (chosen on the held-out
+    images, ``LearnSettings.choose_strength``); empty otherwise."""
+    a = (getattr(info, "settings", None) or {}).get("strength", 1.0)
+    if a is None or a >= 1:
+        return ""
+    if a == 0:
+        return " The trained layer did worse there than plain SAM, so the task uses plain SAM."
+    return f" The layer is kept at {a:.0%} of its trained strength, the best there."
 
 
 def expected_gain(info: Any) -> str:

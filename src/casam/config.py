@@ -79,6 +79,19 @@ class LearnSettings:
     stored images (the threshold uses the same k). 1: benchmarks/routing.py's validation keeps
     it (k = 2 accepts more of a new patient's slices but sends augmented validation slices to
     wrong tasks; docs/benchmark-quality.md, "Router designs")."""
+    choose_strength: bool = True
+    """After training, try the adapter at strengths 0 (plain SAM), 0.25, ..., 1 (as trained) on
+    the held-out slices and keep the best (``casam.training.STRENGTHS``): a task is never below
+    plain SAM on its own held-out slices. Off, or without held-out slices: as trained."""
+    knn_floor: float = 0.0275
+    """The default router's threshold is at least this cosine distance (its own, ``knn_margin``
+    x the spread, is often far tighter: one scan's slices lie much closer together than another
+    patient's lie to them). An image farther than the own threshold but within the floor goes to
+    the task only when the runner-up is clearly farther (``knn_separation``). 0 turns it off;
+    tuned for LiteMedSAM's pooled views by benchmarks/routing.py (docs/benchmark-quality.md)."""
+    knn_separation: float = 1.1
+    """An image accepted by the floor alone needs the runner-up task's distance / threshold ratio
+    to be at least this many times the best task's; else plain SAM (too close to call)."""
     holdout: float = 0.2
     """Share of annotated images held out to measure IoU (0 disables; at most ``max_holdout``)."""
     max_holdout: int = 10
@@ -108,6 +121,8 @@ class LearnSettings:
             ("threshold-margin", 0 < self.threshold_margin <= 10, "in (0, 10]"),
             ("knn-margin", 0 < self.knn_margin <= 10, "in (0, 10]"),
             ("knn-k", 1 <= self.knn_k <= 10, "between 1 and 10"),
+            ("knn-floor", 0 <= self.knn_floor < 0.5, "in [0, 0.5)"),
+            ("knn-separation", 1 <= self.knn_separation <= 10, "in [1, 10]"),
             ("holdout", 0 <= self.holdout < 1, "in [0, 1)"),
             ("max-holdout", self.max_holdout >= 0, "at least 0"),
             ("min-images", self.min_images >= self.folds, f"at least folds ({self.folds})"),

@@ -7,13 +7,19 @@ distance to an image is the mean, over the task's ``k`` nearest stored images, o
 ``1 - mean_v cos(x_v, ref_v)``: the cosine distance of the concatenated unit views. Its threshold
 is ``margin`` x the largest leave-one-out distance among the stored images (each one against the
 others, with the same ``k``), so it needs no training and is recomputed from a stored task at
-any time (``casam recalibrate``). The image goes to the task with the smallest distance /
-threshold ratio when that ratio is at most 1, else to plain SAM.
+any time (``casam recalibrate``). That *own* threshold is raised to the task's ``knn_floor``
+(a cosine distance; 0 for a task learned before the setting existed) where the floor is wider:
+one scan's slices lie much closer together than a new patient's lie to them. The image goes to
+the task with the smallest distance / threshold ratio when that ratio is at most 1 and either
+the distance is within the own threshold or the runner-up's ratio is at least ``knn_separation``
+times the best's (:func:`casam.routing.decide`), else to plain SAM.
 
-``k`` is the task's ``LearnSettings.knn_k`` (default 1: the nearest stored image decides; a
-task learned before that setting existed has 1). A task learned before format 2 stored only
-``attn``: it is scored on that view alone with ``k = 1`` and the margin tuned for it. Margins and
-``k``: ``benchmarks/routing.py`` (docs/benchmark-quality.md, "Router designs").
+``k``, the floor and the separation are the task's ``LearnSettings`` (``knn_k``, ``knn_floor``,
+``knn_separation``; default k 1: the nearest stored image decides). A task learned before a
+setting existed has k 1 and no floor (until ``casam recalibrate`` writes this release's
+defaults). A task learned before format 2 stored only ``attn``: it is scored on that view alone
+with ``k = 1``, the margin tuned for it and no floor. Margins, ``k``, floor and separation:
+``benchmarks/routing.py`` (docs/benchmark-quality.md, "Router designs").
 :class:`NeighbourBank` scores every task at once: one matrix product per view count.
 """
 
@@ -73,9 +79,21 @@ def task_k(n_views: int, settings: dict) -> int:
     return int(settings.get("knn_k", 1)) if n_views == len(VIEWS) else 1
 
 
+def task_floor(n_views: int, settings: dict) -> tuple[float, float]:
+    """(floor, separation) a stored task routes with: its ``knn_floor`` and ``knn_separation``
+    with every view; (0, 1), no floor, when it was learned before the settings existed or stores
+    the attention pool alone (the floor was tuned on the three views)."""
+    if n_views != len(VIEWS):
+        return 0.0, 1.0
+    return float(settings.get("knn_floor", 0.0)), float(settings.get("knn_separation", 1.0))
+
+
 class NeighbourBank:
     """Every task's stored unit views, grouped by view count: one product scores all tasks.
-    ``ks``: how many nearest stored images each task's distance averages (default 1 each)."""
+    ``ks``: how many nearest stored images each task's distance averages (default 1 each);
+    ``floors``: each task's floor, to which its own threshold is raised (default none) and
+    ``separations``: the runner-up margin an image accepted by the floor alone needs.
+    ``thresholds`` (what ratios divide by) are the raised ones; ``own`` the tasks' own."""
 
     def __init__(
         self,
@@ -83,9 +101,18 @@ class NeighbourBank:
         views: Sequence[torch.Tensor],
         thresholds: Sequence[float],
         ks: Sequence[int] | None = None,
+        floors: Sequence[float] | None = None,
+        separations: Sequence[float] | None = None,
     ):
         self.names = list(names)
-        self.thresholds = torch.tensor(list(thresholds), dtype=torch.float32)
+        self.own = [float(t) for t in thresholds]
+        floors = [0.0] * len(self.names) if floors is None else [float(f) for f in floors]
+        self.separations = (
+            [1.0] * len(self.names) if separations is None else [float(s) for s in separations]
+        )
+        self.thresholds = torch.tensor(
+            [max(t, f) for t, f in zip(self.own, floors, strict=True)], dtype=torch.float32
+        )
         self.n_views = [int(v.shape[1]) for v in views]
         self.ks = [1] * len(self.names) if ks is None else [int(k) for k in ks]
         self.groups: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
@@ -128,4 +155,11 @@ class NeighbourBank:
         if not self.names:
             return decide([], [], [], router="knn")
         d = self.distances(views[None])[0].tolist()
-        return decide(self.names, d, self.thresholds.tolist(), router="knn")
+        return decide(
+            self.names,
+            d,
+            self.thresholds.tolist(),
+            router="knn",
+            own=self.own,
+            separation=self.separations,
+        )

@@ -21,7 +21,7 @@ from casam.config import LearnSettings
 from casam.embeddings import Embedding, EmbeddingCache, image_key
 from casam.errors import InputError
 from casam.library import TaskInfo, TaskLibrary
-from casam.neighbours import NeighbourBank, task_k
+from casam.neighbours import NeighbourBank, task_floor, task_k
 from casam.preprocess import check_boxes, check_image
 from casam.router import VAEBank, attention_pool
 from casam.routing import DEFAULT_ROUTER, ROUTERS, RouteDecision, check_known, choose
@@ -101,7 +101,7 @@ class Predictor:
         from casam.task_router import knn_threshold
 
         names, vaes, taus, betas, infos, problems = [], [], [], [], {}, []
-        views, knn, ks = [], [], []
+        views, knn, ks, floors = [], [], [], []
         if self.library is not None:
             for item in self.library.scan(self.backbone.identity):  # each task read once
                 if isinstance(item, str):
@@ -126,9 +126,12 @@ class Predictor:
                 else:  # the k its stored threshold was calibrated with
                     knn.append(info.knn_threshold)
                     ks.append(task_k(views[-1].shape[1], info.settings))
+                floors.append(task_floor(views[-1].shape[1], info.settings))
         with self._lock:
             self.bank = VAEBank(names, vaes, taus, betas)
-            self.neighbours = NeighbourBank(names, views, knn, ks)
+            self.neighbours = NeighbourBank(
+                names, views, knn, ks, [f for f, _ in floors], [s for _, s in floors]
+            )
             self.task_infos = infos
             self.problems = problems
             self._adapters.clear()

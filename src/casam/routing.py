@@ -8,7 +8,11 @@ fallback*):
   the task's nearest stored training image (or the mean over its ``knn_k`` nearest,
   :mod:`casam.neighbours`); the best task is the one with the smallest score / threshold ratio;
   threshold = a margin x the largest leave-one-out distance among the task's stored images
-  (``TaskInfo.knn_threshold``).
+  (``TaskInfo.knn_threshold``, the task's *own* threshold), raised to the task's floor
+  (``LearnSettings.knn_floor``) where that is wider. An image beyond the own threshold but
+  within the floor is taken only when no other task is nearly as close (the runner-up's ratio
+  at least ``LearnSettings.knn_separation`` times the best's); else plain SAM, *too close to
+  call*.
 - **paper**: the paper's rule. Each task's VAE scores the attention-pooled feature with its
   negative ELBO (lower = more like the task's images); the lowest score wins; threshold = the
   ``percentile`` (97) of the K-fold held-out scores times ``LearnSettings.threshold_margin``
@@ -77,6 +81,9 @@ class RouteDecision:
     """The second-best task (None with fewer than two tasks)."""
     runner_up_ratio: float | None = None
     router: str = DEFAULT_ROUTER
+    ambiguous: bool = False
+    """Plain SAM because the best task was within its floor but beyond its own threshold, and
+    the runner-up was nearly as close (kNN router)."""
 
     @property
     def ratio(self) -> float | None:
@@ -108,6 +115,11 @@ class RouteDecision:
             return None
         if self.best is None:
             return "no task learned for this model yet"
+        if self.ambiguous:
+            return (
+                f"too close to call: {self.best} scores {share(self.ratio)}, "
+                f"{self.runner_up} {share(self.runner_up_ratio)}"
+            )
         return f"unlike every learned task: the closest, {self.best}, scores {share(self.ratio)}"
 
     @property
@@ -122,7 +134,7 @@ class RouteDecision:
             text = str(self.reason)
         else:
             text = f"its images look like this one (score {share(self.ratio)})"
-        if self.runner_up is not None:
+        if self.runner_up is not None and not self.ambiguous:  # an ambiguous reason names it
             text += f"; runner-up {self.runner_up} at {share(self.runner_up_ratio)}"
         return text
 
@@ -147,6 +159,7 @@ class RouteDecision:
             "runner_up": self.runner_up,
             "runner_up_ratio": num(self.runner_up_ratio),
             "reason": self.reason,
+            "ambiguous": self.ambiguous,
         }
 
 
@@ -155,11 +168,16 @@ def decide(
     scores: Sequence[float],
     thresholds: Sequence[float],
     router: str = "paper",
+    own: Sequence[float] | None = None,
+    separation: Sequence[float] | None = None,
 ) -> RouteDecision:
     """The automatic decision for one image from every task's score (same order as ``names``).
 
     ``router="paper"``: the lowest score wins, then its threshold; ``"knn"``: the smallest
     score / threshold ratio wins (distances of different tasks are not on one scale).
+    ``own``: each task's own threshold where ``thresholds`` raised it to a floor; a best score
+    above its own threshold is accepted only if the runner-up's ratio is at least the task's
+    ``separation`` times the best's (with no other task, it is).
     """
     if not names:
         return RouteDecision(None, float("nan"), None, True, router=router)
@@ -170,6 +188,11 @@ def decide(
     score, tau = float(scores[i]), float(thresholds[i])
     ok = score <= tau
     second = order[1] if len(order) > 1 else None
+    ambiguous = False
+    if ok and own is not None and score > own[i] and second is not None:
+        sep = 1.0 if separation is None else float(separation[i])
+        ambiguous = ratios[second] < sep * ratios[i]
+        ok = not ambiguous
     return RouteDecision(
         names[i] if ok else None,
         score,
@@ -180,6 +203,7 @@ def decide(
         runner_up=None if second is None else names[second],
         runner_up_ratio=None if second is None else float(ratios[second]),
         router=router,
+        ambiguous=ambiguous,
     )
 
 

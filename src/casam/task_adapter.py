@@ -13,6 +13,7 @@ rebuilding a stored one, training it, and decoding with it (:meth:`TaskAdapter.d
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Generator
 from dataclasses import dataclass
 
@@ -89,6 +90,23 @@ def adapter_from_state(kind: str, state: dict, backbone: Backbone) -> TaskAdapte
 def adapter_of(task, backbone: Backbone) -> TaskAdapter:
     """The adapter of a ``casam.library.LoadedTask`` (its kind from its ``task.json``)."""
     return adapter_from_state(task.info.adapter, task.alignment, backbone)
+
+
+def with_strength(adapter: TaskAdapter, strength: float, backbone: Backbone) -> TaskAdapter:
+    """A copy of ``adapter`` whose residual branches are scaled by ``strength``: 1 as trained,
+    0 the identity (plain SAM), in between a shrink toward it. Same kind and state keys, so it
+    is stored and loaded like any adapter: an Alignment Layer's blocks multiply their ``scale``
+    buffer, decoder adapters their zero-initialised ``up`` projection."""
+    module = copy.deepcopy(adapter.module)
+    with torch.no_grad():
+        if adapter.kind == "decoder":
+            for a in module.adapters.values():
+                a.up.weight.mul_(strength)
+                a.up.bias.mul_(strength)
+            return _decoder_kind(backbone, module)
+        for b in module.blocks:
+            b.scale.mul_(strength)
+    return TaskAdapter(adapter.kind, module)
 
 
 def train_adapter(

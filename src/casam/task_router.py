@@ -80,12 +80,18 @@ def router_stage(
 def recalibrate(task: LoadedTask) -> TaskInfo:
     """The task's metadata with both thresholds recomputed from its stored features, with the
     task's own settings (its ``knn_k`` is written into them: 1 for a task learned before the
-    setting existed; the VAE's folds are trained again: a few seconds)."""
+    setting existed; its ``knn_floor`` and ``knn_separation``: this release's defaults for a
+    task learned before they existed; the VAE's folds are trained again: a few seconds)."""
     s = LearnSettings.from_dict(task.info.settings)
     views = stored_views(task.router)
     _, threshold = fit_task_router(views[:, 0].contiguous(), s)
     return task.info.with_(
         threshold=threshold,
         knn_threshold=knn_threshold(views, s),
-        settings={**task.info.settings, "knn_k": s.knn_k},
+        settings={
+            **task.info.settings,
+            "knn_k": s.knn_k,
+            "knn_floor": s.knn_floor,
+            "knn_separation": s.knn_separation,
+        },
     )

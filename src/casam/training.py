@@ -28,7 +28,7 @@ from casam.preprocess import mask_box
 from casam.progress import Progress
 from casam.sam import Backbone
 from casam.samples import Sample, collect_samples, split_holdout
-from casam.task_adapter import TaskAdapter, adapter_of, train_adapter
+from casam.task_adapter import TaskAdapter, adapter_of, train_adapter, with_strength
 from casam.task_router import FittedRouter, router_stage
 from casam.task_tensors import router_state
 
@@ -176,31 +176,48 @@ def _resolve(
     return lib, previous, s
 
 
+#: Strengths a trained adapter is tried at on the held-out slices (``with_strength``): 0 is
+#: plain SAM, 1 the adapter as trained (benchmarks/layer_selection.py).
+STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
 def _evaluate(
-    backbone: Backbone, adapter: TaskAdapter, emb: dict, hold_samples: list[Sample]
-) -> Generator[Progress, None, dict[str, float | None]]:
-    """Mean held-out IoU and Boundary IoU of plain SAM and of the task (one Progress each)."""
-    scores: dict[str, list[float]] = {
-        "iou_sam": [],
-        "iou_task": [],
-        "biou_sam": [],
-        "biou_task": [],
-    }
+    backbone: Backbone,
+    adapter: TaskAdapter,
+    emb: dict,
+    hold_samples: list[Sample],
+    strengths: Sequence[float] = (1.0,),
+) -> Generator[Progress, None, dict[float, tuple[float, float]]]:
+    """Held-out (mean IoU, mean Boundary IoU) of the adapter at each of ``strengths`` (0: plain
+    SAM, always scored); one Progress per held-out object. Empty without held-out objects."""
+    cands = {0.0: None, **{float(a): with_strength(adapter, a, backbone) for a in strengths if a}}
+    scores: dict[float, list[tuple[float, float]]] = {a: [] for a in cands}
     for k, x in enumerate(hold_samples):
         e = emb[x.image]
-        box = mask_box(x.mask)
-        bt = torch.from_numpy(e.geometry.boxes_to_input(box)).to(backbone.device)
+        bt = torch.from_numpy(e.geometry.boxes_to_input(mask_box(x.mask))).to(backbone.device)
         z = e.z[None].to(backbone.device)
         with torch.no_grad():
-            for key, logits in (
-                ("sam", backbone.decode(z, bt)[0]),
-                ("task", adapter.decode(backbone, z, bt)[0]),
-            ):
+            for a, cand in cands.items():
+                logits = (backbone.decode(z, bt) if cand is None else cand.decode(backbone, z, bt))[
+                    0
+                ]
                 pred = (backbone.upscale_masks(logits, e.geometry)[0] > 0).cpu().numpy()
-                scores[f"iou_{key}"].append(iou(pred, x.mask))
-                scores[f"biou_{key}"].append(boundary_iou(pred, x.mask))
+                scores[a].append((iou(pred, x.mask), boundary_iou(pred, x.mask)))
         yield Progress("evaluate", k + 1, len(hold_samples))
-    return {k: (float(np.mean(v)) if v else None) for k, v in scores.items()}
+    if not hold_samples:
+        return {}
+    return {
+        a: (float(np.mean([v[0] for v in s])), float(np.mean([v[1] for v in s])))
+        for a, s in scores.items()
+    }
+
+
+def choose_strength(held: dict[float, tuple[float, float]]) -> float:
+    """The strength with the best held-out mean IoU (ties: the stronger); 1 without held-out
+    slices. Plain SAM (0) is a candidate, so the task is never below SAM on them."""
+    if not held:
+        return 1.0
+    return max(held, key=lambda a: (held[a][0], a))
 
 
 def _training_tensors(
@@ -225,11 +242,15 @@ def _task_info(
     router: FittedRouter,
     counts: tuple[int, int, int],
     previous: LoadedTask | None,
-    means: dict[str, float | None],
+    held: dict[float, tuple[float, float]],
+    strength: float,
     t0: float,
 ) -> TaskInfo:
-    """The metadata of the learned task; ``counts``: training images, objects, held-out images."""
+    """The metadata of the learned task; ``counts``: training images, objects, held-out images;
+    ``held``: held-out (IoU, BIoU) by strength (0: plain SAM); ``strength``: the one kept."""
     n_images, n_objects, n_holdout = counts
+    sam, task = held.get(0.0, (None, None)), held.get(strength, (None, None))
+    means = {"iou_sam": sam[0], "iou_task": task[0], "biou_sam": sam[1], "biou_task": task[1]}
     return new_task_info(
         name,
         backbone=backbone.identity,
@@ -244,19 +265,28 @@ def _task_info(
             **s.to_dict(),
             "bf16": use_bf16(s, backbone),
             "train_seconds": round(time.perf_counter() - t0, 1),
+            "strength": strength,
+            "strength_iou": {f"{a:g}": round(v[0], 6) for a, v in held.items()},
         },
         **means,
     )
 
 
-def _checked_samples(images, masks, label, image_names, s: LearnSettings, extend: bool):
-    """(used image indices, samples, train and held-out positions in ``used``), or InputError."""
+def _checked_samples(
+    images, masks, label, image_names, s: LearnSettings, extend: bool, n_train: int | None = None
+):
+    """(used image indices, samples, train and held-out positions in ``used``), or InputError.
+    ``n_train``: images from that index on are the caller's held-out images (no split)."""
     used, samples = collect_samples(images, masks, label, image_names)
-    if not used:
+    if n_train is not None:
+        train_img = [k for k, i in enumerate(used) if i < n_train]
+        hold_img = [k for k, i in enumerate(used) if i >= n_train]
+    if not used or (n_train is not None and not train_img):
         raise InputError(
             "no image has an annotated object (every mask is empty); annotate some first"
         )
-    train_img, hold_img = split_holdout(len(used), s)
+    if n_train is None:
+        train_img, hold_img = split_holdout(len(used), s)
     if len(train_img) < s.min_images and not extend:
         raise InputError(
             f"only {len(used)} annotated image(s); a task needs at least {s.min_images} for its "
@@ -303,8 +333,13 @@ def iter_learn_task(
     label: int | None = None,
     image_names: Sequence[str] | None = None,
     estimate: bool = False,
+    holdout: tuple[Sequence[np.ndarray], Sequence[np.ndarray]] | None = None,
 ) -> Generator[Progress, None, TaskInfo]:
     """Learn (or, with ``extend``, continue) a task from images and their label masks.
+
+    ``holdout``: (images, masks) held out from training, on which the held-out IoU is measured
+    and the strength chosen (``LearnSettings.choose_strength``), instead of the settings'
+    ``holdout`` share of ``images``.
 
     ``estimate``: first time the pieces on this machine (a few seconds) and yield
     ``Progress("plan", 1, 1, message=...)`` whose ``estimate`` is a
@@ -317,8 +352,14 @@ def iter_learn_task(
     lib, previous, s = _resolve(name, library, predictor, s, overwrite, extend)
     backbone = predictor.backbone
 
+    n_train = None
+    if holdout is not None:
+        n_train = len(images)
+        images, masks = [*images, *holdout[0]], [*masks, *holdout[1]]
+        if image_names is not None:
+            image_names = [*image_names, *(f"held-out image {i}" for i in range(len(holdout[0])))]
     used, samples, train_img, hold_img = _checked_samples(
-        images, masks, label, image_names, s, extend
+        images, masks, label, image_names, s, extend, n_train
     )
     t0 = time.perf_counter()
     if estimate:
@@ -338,11 +379,17 @@ def iter_learn_task(
 
     router = yield from router_stage(emb, order, previous, s)
 
-    # held-out IoU of plain SAM vs the task; then save, atomically (nothing written before)
-    means = yield from _evaluate(backbone, adapter, emb, hold_samples)
+    # held-out IoU of plain SAM vs the task (at each strength when the settings choose one:
+    # the best is kept, plain SAM being a candidate); then save, atomically
+    held = yield from _evaluate(
+        backbone, adapter, emb, hold_samples, STRENGTHS if s.choose_strength else (1.0,)
+    )
+    strength = choose_strength(held) if s.choose_strength else 1.0
+    if strength != 1.0:
+        adapter = with_strength(adapter, strength, backbone)
     yield Progress("save", 0, 1)
     counts = (len(train_img), len(train_samples), len(hold_img))
-    info = _task_info(name, backbone, s, adapter, router, counts, previous, means, t0)
+    info = _task_info(name, backbone, s, adapter, router, counts, previous, held, strength, t0)
     weights = adapter.state(), router_state(router.vae, router.views)
     saved = lib.save(info, *weights, overwrite=overwrite or extend)
     if predictor.library is not None and predictor.library.root == lib.root:

@@ -219,6 +219,7 @@ def test_route_json_on_empty_library(capsys, files):
         "runner_up": None,
         "runner_up_ratio": None,
         "reason": "no task learned for this model yet",
+        "ambiguous": False,
     }
 
 

@@ -10,10 +10,12 @@ from casam.neighbours import (
     calibrate,
     leave_one_out,
     pooled_views,
+    task_floor,
     task_k,
     unit,
 )
 from casam.router import attention_pool
+from casam.routing import decide
 
 
 def _cluster(centre: torch.Tensor, n: int, spread: float, seed: int) -> torch.Tensor:
@@ -159,3 +161,78 @@ def test_a_task_calibrated_before_knn_k_keeps_k_1_and_format_1_always_has_k_1():
     assert task_k(3, {}) == 1
     assert task_k(3, {"knn_k": 2}) == 2
     assert task_k(1, {"knn_k": 2}) == 1
+
+
+# ---- the floor and the runner-up separation (LearnSettings.knn_floor, knn_separation) -------
+
+
+def test_decide_within_the_own_threshold_ignores_the_runner_up():
+    r = decide(["a", "b"], [0.8, 0.9], [1.0, 1.0], router="knn", own=[1.0, 1.0], separation=[2, 2])
+    assert r.task == "a" and not r.ambiguous and not r.fallback
+
+
+def test_decide_beyond_the_own_threshold_needs_a_clear_runner_up():
+    """a's own threshold is 0.5, raised to 1.0 by its floor: a distance of 0.8 is taken only
+    when the runner-up's ratio is at least ``separation`` times a's (0.8)."""
+    kw = dict(router="knn", own=[0.5, 1.0], separation=[1.1, 1.1])
+    clear = decide(["a", "b"], [0.8, 2.0], [1.0, 1.0], **kw)
+    assert clear.task == "a" and not clear.fallback and clear.ratio == pytest.approx(0.8)
+    near = decide(["a", "b"], [0.8, 0.85], [1.0, 1.0], **kw)
+    assert near.fallback and near.task is None and near.ambiguous
+    assert near.best == "a" and near.runner_up == "b"
+    assert near.reason.startswith("too close to call: a scores 80% of its threshold, b 85%")
+    assert near.to_json("x")["ambiguous"] is True and near.to_json("x")["reason"] == near.reason
+    assert near.detail == near.reason and str(near) == f"SAM fallback: {near.reason}"
+    beyond = decide(["a", "b"], [1.2, 3.0], [1.0, 1.0], **kw)  # beyond the floor too
+    assert beyond.fallback and not beyond.ambiguous
+    assert beyond.reason.startswith("unlike every learned task")
+
+
+def test_decide_with_one_task_accepts_within_the_floor():
+    r = decide(["a"], [0.8], [1.0], router="knn", own=[0.5], separation=[1.1])
+    assert r.task == "a" and not r.ambiguous
+
+
+def test_bank_raises_tight_thresholds_to_the_floor_and_keeps_wider_ones():
+    g = torch.Generator().manual_seed(11)
+    refs = [torch.randn(4, 3, 32, generator=g) for _ in range(3)]
+    bank = NeighbourBank(list("abc"), refs, [0.01, 0.05, 0.02], floors=[0.03, 0.03, 0.0])
+    assert bank.thresholds.tolist() == pytest.approx([0.03, 0.05, 0.02])
+    assert bank.own == pytest.approx([0.01, 0.05, 0.02])
+    x = torch.randn(2, 3, 32, generator=g)
+    assert torch.allclose(bank.ratios(x), bank.distances(x) / bank.thresholds)
+
+
+def test_bank_takes_a_new_scan_of_a_tight_task_but_not_a_near_tie():
+    """Task A's stored images are one tight scan; an image just beyond A's own threshold but
+    within the floor goes to A when B is far, and to plain SAM when B is about as close."""
+    a = _cluster(_centre(0), 12, 0.02, 1)
+    b = _cluster(_centre(20), 12, 0.02, 2)
+    own = [calibrate(a, 2.0), calibrate(b, 2.0)]
+    x = (_centre(0) + 0.6 * _centre(4))[None]  # a little off A's scan, far from B
+    d = NeighbourBank(["A", "B"], [a, b], own).distances(x)[0]
+    assert d[0] > own[0]  # the own threshold alone rejects it
+    floor = float(d[0]) * 1.2
+    bank = NeighbourBank(["A", "B"], [a, b], own, floors=[floor] * 2, separations=[1.1] * 2)
+    r = bank.route(x[0])
+    assert r.task == "A" and r.threshold == pytest.approx(max(floor, own[0]))
+    plain = NeighbourBank(["A", "B"], [a, b], own).route(x[0])
+    assert plain.fallback and not plain.ambiguous
+    # B as close as A (B's stored images next to A's): too close to call
+    b_near = torch.cat([b, _cluster(_centre(0) + 0.6 * _centre(4), 1, 0.03, 3)])
+    d2 = NeighbourBank(["A", "B"], [a, b_near], own).distances(x)[0]
+    bank2 = NeighbourBank(
+        ["A", "B"],
+        [a, b_near],
+        [own[0], float(d2[1]) * 0.9],
+        floors=[floor] * 2,
+        separations=[1.1] * 2,
+    )
+    r2 = bank2.route(x[0])
+    assert r2.task != "A"
+
+
+def test_task_floor_is_off_for_tasks_learned_before_it_and_for_format_1():
+    assert task_floor(3, {}) == (0.0, 1.0)
+    assert task_floor(3, {"knn_floor": 0.03, "knn_separation": 1.2}) == (0.03, 1.2)
+    assert task_floor(1, {"knn_floor": 0.03, "knn_separation": 1.2}) == (0.0, 1.0)

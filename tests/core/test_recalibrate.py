@@ -182,3 +182,34 @@ def _routes(root: Path) -> list:
         (r.task, round(r.ratio, 6))
         for r in (p.route_embedding(p.embed(im)) for im in np.load(OLD / "probes.npy"))
     ]
+
+
+def test_a_task_learned_before_the_floor_routes_without_it_until_recalibrated(capsys, tmp_path):
+    """``knn_floor`` and ``knn_separation`` are the task's own: a task whose settings lack them
+    (learned before they existed) keeps its old routing; ``casam recalibrate`` writes this
+    release's defaults into them."""
+    from casam.config import LearnSettings
+
+    root = tmp_path / "lib"
+    p = Predictor(backbone=TinyBackbone(), library=TaskLibrary(root))
+    images, masks = disk_images(4, seed=0)
+    learn_task(images, masks, "disks", predictor=p, settings=tiny_settings(seed=0))
+    lib = TaskLibrary(root)
+    task = lib.load("disks")
+    d = LearnSettings()
+    assert task.info.settings["knn_floor"] == d.knn_floor
+    assert task.info.settings["knn_separation"] == d.knn_separation
+    p.reload_library()
+    assert p.neighbours.thresholds.tolist() == pytest.approx(
+        [max(task.info.knn_threshold, d.knn_floor)]
+    )
+    old = {k: v for k, v in task.info.settings.items() if k not in ("knn_floor", "knn_separation")}
+    lib.save(task.info.with_(settings=old), task.alignment, task.router, overwrite=True)
+    p.reload_library()
+    assert p.neighbours.thresholds.tolist() == pytest.approx([task.info.knn_threshold])
+    assert p.neighbours.own == pytest.approx([task.info.knn_threshold])
+    code, _, err = run(capsys, "recalibrate", "--library", root, "--task", "disks")
+    assert code == 0, err
+    new = TaskLibrary(root).info("disks")
+    assert new.settings["knn_floor"] == d.knn_floor
+    assert new.settings["knn_separation"] == d.knn_separation

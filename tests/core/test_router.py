@@ -97,6 +97,7 @@ def test_empty_bank_falls_back():
         "runner_up": None,
         "runner_up_ratio": None,
         "reason": "no task learned for this model yet",
+        "ambiguous": False,
     }
 
 
@@ -123,6 +124,7 @@ def test_route_json_fields():
         "runner_up": "MR liver",
         "runner_up_ratio": 3.0,
         "reason": None,
+        "ambiguous": False,
     }
     assert str(r) == (
         "CT spleen: its images look like this one (score 50% of its threshold); "

@@ -131,6 +131,7 @@ class FakeInfo:
     iou_task: float | None = 0.9
     n_holdout: int = 1
     adapter: str = "alignment"
+    settings: dict = field(default_factory=dict)
 
 
 class FakeLayers:

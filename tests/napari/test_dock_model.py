@@ -288,6 +288,18 @@ def test_learn_summary_says_the_expected_gain_from_the_tasks_held_out_slices(mon
     assert notes[-1] == messages[-1]
 
 
+def test_learn_summary_says_when_learning_kept_the_layer_below_its_trained_strength():
+    from fake_engine import FakeInfo
+
+    full = _texts.describe_result(FakeInfo("Nuclei", settings={"strength": 1.0}), 4.0)
+    assert "strength" not in full and "uses plain SAM" not in full
+    half = _texts.describe_result(FakeInfo("Nuclei", settings={"strength": 0.5}), 4.0)
+    assert "kept at 50% of its trained strength" in half.split("\n")[0]
+    none = FakeInfo("Nuclei", iou_sam=0.8, iou_task=0.8, settings={"strength": 0.0})
+    head, gain = _texts.describe_result(none, 4.0).split("\n")
+    assert head.endswith("so the task uses plain SAM.") and gain.startswith("No gain")
+
+
 def test_learn_summary_says_when_a_task_does_not_help_yet_or_was_not_measured():
     from fake_engine import FakeInfo
 

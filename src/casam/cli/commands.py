@@ -127,6 +127,11 @@ def cmd_learn(args: argparse.Namespace) -> int:
         f"threshold {info.threshold:.4g}; held-out IoU ({info.n_holdout} slices): "
         f"SAM {_fmt(info.iou_sam)} -> task {_fmt(info.iou_task)}"
         + (f" ({gain:+.3f})" if gain is not None else "")
+        + (
+            f", layer at strength {info.settings['strength']:g} (chosen on them)"
+            if info.settings.get("strength", 1.0) < 1
+            else ""
+        )
         + f"; {info.settings.get('train_seconds', 0):.0f} s"
         + (f" (estimated {display.estimate.total:.0f} s)" if display.estimate else "")
     )
