@@ -223,6 +223,9 @@ class Session:
     def _ensure(self) -> Predictor:
         with self._lock:
             if self.predictor is None:
+                from casam._native import import_torch
+
+                import_torch()  # in a worker: its libraries load without stopping the GUI
                 from casam import Predictor
                 from casam.config import default_cache_dir
 
