@@ -72,6 +72,11 @@ def check_folder(folder: Path, fields: dict[str, str | int]) -> str | None:
     return None
 
 
+def is_ready(root: Path, fields: dict[str, str | int]) -> bool:
+    """Whether the folder for ``fields`` under ``root`` exists and passes its check."""
+    return check_folder(root / cache_key(fields), fields) is None
+
+
 def read_extra(folder: Path) -> dict:
     """What the builder recorded beside the files (e.g. its numerics check)."""
     return dict(json.loads((folder / MANIFEST).read_text()).get("extra", {}))
