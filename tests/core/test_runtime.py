@@ -96,6 +96,18 @@ def test_store_builds_once_and_rebuilds_a_broken_or_stale_folder(tmp_path):
     assert other != a and len(built) == 5  # a new version is a new key
 
 
+def test_store_is_built_reads_the_manifest_only(tmp_path):
+    fields = {"runtime": "x", "runtime_version": "1.0"}
+    assert not _store.is_built(tmp_path, fields)
+    a = _store.fetch_or_build(tmp_path, fields, lambda f: (f / "m.bin").write_bytes(b"w") and {})
+    assert _store.is_built(tmp_path, fields)
+    assert not _store.is_built(tmp_path, {**fields, "runtime_version": "2.0"})
+    (a / "m.bin").write_bytes(b"z")  # files are checked by fetch_or_build before use, not here
+    assert _store.is_built(tmp_path, fields)
+    (a / _store.MANIFEST).write_text("{not json")
+    assert not _store.is_built(tmp_path, fields)
+
+
 def test_store_failed_build_leaves_nothing(tmp_path):
     def build(folder):
         (folder / "half.bin").write_bytes(b"half")
@@ -396,15 +408,15 @@ def test_the_child_builds_the_real_box_decoder(tmp_path, monkeypatch):
     the caller then loads without building it again."""
     pytest.importorskip("openvino")
     from casam.runtime import BoxDecoderRuntime, _child
-    from casam.runtime._store import is_ready, runtime_cache_dir
+    from casam.runtime._store import is_built, runtime_cache_dir
     from casam.sam import _recipe, get_backbone
 
     monkeypatch.setenv("CASAM_RUNTIME_CACHE", str(tmp_path / "rt"))
     bb = get_backbone("litemedsam", runtime="torch")
     parts = (bb.prompt_encoder, bb.mask_decoder, bb._image_pe)
     dec = BoxDecoderRuntime(bb.identity, bb.digest, lambda: parts, _recipe(bb))
-    assert not is_ready(runtime_cache_dir(), dec.fields())
+    assert not is_built(runtime_cache_dir(), dec.fields())
     assert _child.build(_recipe(bb), "box-decoder")
-    assert is_ready(runtime_cache_dir(), dec.fields())
+    assert is_built(runtime_cache_dir(), dec.fields())
     monkeypatch.setattr(dec, "_build", lambda folder: pytest.fail("built again"))
     assert dec.prepare() and dec.notice is None
