@@ -26,9 +26,18 @@ written. Keys (medians; ms):
 - gui_cpu_ms_per_box: CPU time of the GUI thread itself per cached box, from the Shapes event to
   the labels drawn (the kernel's per-thread accounting): the work the GUI thread does, ours and
   napari's, which load does not lengthen the way it lengthens wall times.
+- gui_cpu_ms_by_phase, phase_s: the GUI thread's CPU time and the wall time of each phase
+  (the heartbeat itself costs a few ms of CPU per second).
 - box_breakdown_ms: a cached box split into its parts (medians of the per-box steps).
 - threads_by_nice: at the end, the process's threads per nice value (the dock's workers and the
   compute threads they start run nicer than the GUI thread: ``napari_casam._jobs.yield_to_gui``).
+
+``--bare`` runs the same session in napari alone: the dock's two layers are added by napari
+(phase "open dock"), each box is a rectangle added and the ground truth inside it painted into
+the labels layer at once (no model), the view is scrolled the same way. Its blocks and GUI CPU
+are napari's own under llvmpipe; the difference to a plugin run under the same load is ours.
+The boxes on other slices (each after a jump of the view) are their own phase,
+"boxes, other slices", in both runs.
 
 ``--stacks MS`` prints, for every block over MS ms, what each thread was doing
 (``benchmarks/_blocks.py``) and adds ``block_reports``.
@@ -64,7 +73,13 @@ STEPS = (
 
 
 #: The phases of ``gui_max_block_ms_plugin``: where the plugin's own code runs.
-PLUGIN_PHASES = ("load model and route", "boxes", "routing", "prepare volume")
+PLUGIN_PHASES = (
+    "load model and route",
+    "boxes",
+    "boxes, other slices",
+    "routing",
+    "prepare volume",
+)
 
 
 def log(*a) -> None:
@@ -82,6 +97,11 @@ class Heartbeat:
         self.longest: list[tuple[float, str, float]] = []
         """The longest blocks: (ms, phase, seconds into the session when it ended)."""
         self.t0 = self._last = time.perf_counter()
+        self.cpu: dict[str, float] = {}
+        """GUI-thread CPU ms per phase (``time.thread_time``): load stretches it far less."""
+        self._cpu0 = gui_cpu_ms()
+        self.wall: dict[str, float] = {}
+        self._wall0 = self.t0
         self.on_tick: list = []
         """Called in the GUI thread after each tick with (gap ms, phase the gap belongs to)."""
         self.timer = QTimer()
@@ -101,6 +121,12 @@ class Heartbeat:
 
     def enter(self, phase: str) -> None:
         self._tick()
+        now = gui_cpu_ms()
+        self.cpu[self.phase] = self.cpu.get(self.phase, 0.0) + now - self._cpu0
+        self._cpu0 = now
+        t = time.perf_counter()
+        self.wall[self.phase] = self.wall.get(self.phase, 0.0) + t - self._wall0
+        self._wall0 = t
         self.phase = phase
 
 
@@ -299,6 +325,7 @@ def measure(args) -> dict:
         rows["cached"].append(probe.box(widget, rect_for(gt[start], start, 2.0 + k)))
         pause(0.3)
     before = enc.calls
+    hb.enter("boxes, other slices")
     for z in uncached_slices(start, gt.shape[0], args.slices):
         show(viewer, widget, z)  # jump, then draw at once: nothing embedded this slice yet
         rows["uncached"].append(probe.box(widget, rect_for(gt[z], z, 3.0)))
@@ -330,6 +357,112 @@ def measure(args) -> dict:
     return out
 
 
+class BareProbe:
+    """A box without the plugin: napari's part of it alone (``--bare``).
+
+    The same rectangle is added to a Shapes layer like the dock's, and the same slice's ground
+    truth inside it is painted into a Labels layer like the dock's masks as one undo step, as
+    ``napari_casam._model.labels.write_masks`` does (``data_setitem`` in ``block_history``), as
+    soon as napari has drawn the rectangle (the dock's masks come after that draw too); timed
+    to the first canvas draw after the paint.
+    """
+
+    def __init__(self, viewer, shapes, labels, gt, canvas) -> None:
+        self.viewer, self.shapes, self.labels, self.gt = viewer, shapes, labels, gt
+        self.draws: list[float] = []
+        canvas.events.draw.connect(lambda e: self.draws.append(time.perf_counter()))
+
+    def box(self, rect) -> dict[str, float]:
+        import numpy as np
+
+        cpu0 = gui_cpu_ms()
+        t = {"event": time.perf_counter()}
+        self.shapes.add_rectangles([rect])
+        t["handler"] = time.perf_counter()
+        spin(lambda: any(d >= t["handler"] for d in self.draws), timeout=5)  # the box drawn
+        t["box drawn"] = time.perf_counter()
+        z = int(rect[0, 0])
+        r0, c0 = (max(int(v), 0) for v in rect[0, 1:])
+        r1, c1 = (int(v) + 1 for v in rect[2, 1:])
+        inside = np.zeros(self.gt.shape[1:], bool)
+        inside[r0:r1, c0:c1] = True
+        rows, cols = np.nonzero(inside & (self.gt[z] > 0))
+        self.n = getattr(self, "n", 0) + 1  # a new label every box: the paint always changes
+        with self.labels.block_history():
+            self.labels.data_setitem((np.full(rows.size, z), rows, cols), self.n)
+        t["done"] = time.perf_counter()
+        spin(lambda: any(d >= t["done"] for d in self.draws), timeout=5)
+        t["drawn"] = next(d for d in self.draws if d >= t["done"])
+        return {
+            "event->handler": (t["handler"] - t["event"]) * 1000.0,
+            "handler->box drawn": (t["box drawn"] - t["handler"]) * 1000.0,
+            "box drawn->done": (t["done"] - t["box drawn"]) * 1000.0,
+            "done->drawn": (t["drawn"] - t["done"]) * 1000.0,
+            "total": (t["drawn"] - t["event"]) * 1000.0,
+            "gui_cpu": gui_cpu_ms() - cpu0,
+        }
+
+
+def measure_bare(args) -> dict:
+    """The same session without the plugin: napari's own blocks (see :class:`BareProbe`)."""
+    import napari
+
+    from napari_casam import _prompts
+
+    viewer = napari.Viewer(show=True)
+    pause(0.5)
+    hb = Heartbeat()
+    if args.stacks:
+        from _blocks import BlockSampler
+
+        sampler = BlockSampler(hb, args.stacks, log)
+    t0 = time.perf_counter()
+    hb.enter("open image")
+    viewer.open_sample("napari-casam", "ct_spleen")
+    pause(0.5)
+    hb.enter("open dock")  # the dock's two layers, made by napari alone
+    image = next(ly for ly in viewer.layers if _prompts.is_user_image(ly))
+    labels = _prompts.make_masks(viewer, image)
+    shapes = _prompts.make_prompts(viewer, image)
+    viewer.layers.selection.active = shapes
+    canvas = viewer.window._qt_viewer.canvas._scene_canvas
+    drawn: list[float] = []
+    canvas.events.draw.connect(lambda e: drawn.append(time.perf_counter()))
+    spin(lambda: bool(drawn))
+    hb.enter("load model and route")
+    pause(1.0)
+    gt = next(ly for ly in viewer.layers if ly.name.endswith("ground truth")).data
+    probe = BareProbe(viewer, shapes, labels, gt, canvas)
+    start = int(viewer.dims.current_step[0])
+    rows: dict[str, list] = {"cached": [], "uncached": [], "next": []}
+    hb.enter("boxes")
+    for k in range(args.boxes):
+        rows["cached"].append(probe.box(rect_for(gt[start], start, 2.0 + k)))
+        pause(0.3)
+    hb.enter("boxes, other slices")
+    for z in uncached_slices(start, gt.shape[0], args.slices):
+        viewer.dims.set_current_step(0, z)
+        rows["uncached"].append(probe.box(rect_for(gt[z], z, 3.0)))
+        pause(args.dwell)
+        viewer.dims.set_current_step(0, z + 1)
+        rows["next"].append(probe.box(rect_for(gt[z + 1], z + 1, 3.0)))
+        rows["next"][-1]["encoder_calls"] = 0
+    hb.enter("routing")
+    for z in range(gt.shape[0] - 1, -1, -3):
+        viewer.dims.set_current_step(0, z)
+        pause(0.05)
+    hb.enter("prepare volume")
+    pause(1.0)
+    hb.enter("end")
+    out = summary(rows, hb, None, 0)
+    out["bare_napari"] = True
+    out["session_s"] = round(time.perf_counter() - t0, 1)
+    if args.stacks:
+        out["block_reports"] = sampler.reports
+    viewer.close()
+    return out
+
+
 def uncached_slices(start: int, n: int, k: int) -> list[int]:
     """``k`` slices at least 5 from ``start`` and from each other (outside any prefetch window),
     each with a free neighbour above it."""
@@ -345,10 +478,10 @@ def med(values) -> float | None:
     return round(statistics.median(values), 1) if values else None
 
 
-def summary(rows: dict, hb: Heartbeat, enc: Encoder, uncached_calls: int) -> dict:
+def summary(rows: dict, hb: Heartbeat, enc: Encoder | None, uncached_calls: int) -> dict:
     cached = rows["cached"]
     phases = {k: round(v, 1) for k, v in hb.gaps.items() if k not in ("start", "end")}
-    steps = [f"{a}->{b}" for a, b in STEPS]
+    steps = [f"{a}->{b}" for a, b in STEPS] + ["handler->box drawn", "box drawn->done"]
     return {
         "gui_box_cached_ms": med(r["total"] for r in cached),
         "gui_box_uncached_ms": med(r["total"] for r in rows["uncached"]),
@@ -358,17 +491,23 @@ def summary(rows: dict, hb: Heartbeat, enc: Encoder, uncached_calls: int) -> dic
         "dock_open_block_ms": phases.get("open dock"),
         "gui_cpu_ms_per_box": med(r["gui_cpu"] for r in cached),
         "block_ms_by_phase": phases,
+        "gui_cpu_ms_by_phase": {
+            k: round(v, 1) for k, v in hb.cpu.items() if k not in ("start", "end")
+        },
+        "phase_s": {k: round(v, 2) for k, v in hb.wall.items() if k not in ("start", "end")},
         "longest_blocks": [
             {"ms": round(g, 1), "phase": p, "at_s": round(t, 1)} for g, p, t in hb.longest[::-1]
         ],
-        "box_breakdown_ms": {s: med(r.get(s) for r in cached) for s in steps},
-        "box_breakdown_uncached_ms": {s: med(r.get(s) for r in rows["uncached"]) for s in steps},
+        "box_breakdown_ms": {s: med(r.get(s) for r in cached) for s in steps if s in cached[0]},
+        "box_breakdown_uncached_ms": {
+            s: med(r.get(s) for r in rows["uncached"]) for s in steps if s in cached[0]
+        },
         "next_slice_encoder_calls": [r["encoder_calls"] for r in rows["next"]],
         "uncached_phase_encoder_calls": uncached_calls,
         "boxes_cached": [round(r["total"], 1) for r in cached],
         "boxes_uncached": [round(r["total"], 1) for r in rows["uncached"]],
         "boxes_next_slice": [round(r["total"], 1) for r in rows["next"]],
-        "encoder_calls_total": enc.calls,
+        "encoder_calls_total": enc.calls if enc is not None else 0,
         "gui_cpu_ms_boxes_cached": [round(r["gui_cpu"], 1) for r in cached],
         "threads_by_nice": threads_by_nice(),
     }
@@ -380,6 +519,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--boxes", type=int, default=8, help="boxes on a cached slice")
     ap.add_argument("--slices", type=int, default=3, help="uncached slices (and their next)")
     ap.add_argument("--dwell", type=float, default=6.0, help="seconds looking at each slice")
+    ap.add_argument(
+        "--bare",
+        action="store_true",
+        help="the same session in napari alone (no plugin): napari's own blocks and GUI CPU",
+    )
     ap.add_argument(
         "--stacks",
         type=float,
@@ -397,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
 
         guard_triton()
         load = os.getloadavg()
-        out = {"machine": machine(), **measure(args)}
+        out = {"machine": machine(), **(measure_bare(args) if args.bare else measure(args))}
         out["load_avg_at_start"] = [round(x, 2) for x in load]
         out["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     if args.json:

@@ -223,7 +223,13 @@ class Session:
     def _ensure(self) -> Predictor:
         with self._lock:
             if self.predictor is None:
+                from casam._native import import_torch
+
+                import_torch()  # in a worker: its libraries load without stopping the GUI
                 from casam import Predictor
+                from casam.runtime import build_in_child
+
+                build_in_child()  # a first export holds the GIL for seconds: not in this process
                 from casam.config import default_cache_dir
 
                 self.predictor = Predictor(

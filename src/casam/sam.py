@@ -265,11 +265,21 @@ def _paired_decode(
     return masks, iou
 
 
+def _recipe(bb: Backbone) -> tuple[str, str]:
+    """What a child process needs to build the same backbone (``casam.runtime._child``)."""
+    return bb.name, str(bb.checkpoint) if bb.checkpoint else ""
+
+
 def _make_runtime(bb: Backbone, runtime: str | None):
     from casam.runtime import EncoderSource, GuardedRuntime
 
     source = EncoderSource(
-        bb.identity, bb.digest, bb.input_size, lambda: bb.image_encoder, bb.device.type
+        bb.identity,
+        bb.digest,
+        bb.input_size,
+        lambda: bb.image_encoder,
+        bb.device.type,
+        recipe=_recipe(bb),
     )
     return GuardedRuntime(source, runtime)
 
@@ -283,7 +293,7 @@ def _make_box_decoder(bb: Backbone):
     from casam.runtime import BoxDecoderRuntime
 
     parts = (bb.prompt_encoder, bb.mask_decoder, bb._image_pe)
-    return BoxDecoderRuntime(bb.identity, bb.digest, lambda: parts)
+    return BoxDecoderRuntime(bb.identity, bb.digest, lambda: parts, _recipe(bb))
 
 
 _BUILT: dict[tuple[str, str, str, str], Backbone] = {}

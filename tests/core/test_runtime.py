@@ -6,6 +6,7 @@ so exports take well under a second; the real LiteMedSAM runs in the ``slow`` te
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 
@@ -93,6 +94,18 @@ def test_store_builds_once_and_rebuilds_a_broken_or_stale_folder(tmp_path):
 
     other = _store.fetch_or_build(tmp_path, {**fields, "runtime_version": "2.0"}, build)
     assert other != a and len(built) == 5  # a new version is a new key
+
+
+def test_store_is_built_reads_the_manifest_only(tmp_path):
+    fields = {"runtime": "x", "runtime_version": "1.0"}
+    assert not _store.is_built(tmp_path, fields)
+    a = _store.fetch_or_build(tmp_path, fields, lambda f: (f / "m.bin").write_bytes(b"w") and {})
+    assert _store.is_built(tmp_path, fields)
+    assert not _store.is_built(tmp_path, {**fields, "runtime_version": "2.0"})
+    (a / "m.bin").write_bytes(b"z")  # files are checked by fetch_or_build before use, not here
+    assert _store.is_built(tmp_path, fields)
+    (a / _store.MANIFEST).write_text("{not json")
+    assert not _store.is_built(tmp_path, fields)
 
 
 def test_store_failed_build_leaves_nothing(tmp_path):
@@ -318,3 +331,92 @@ def test_litemedsam_exported_once_then_starts_without_timm(tmp_path):
     ref = json.loads(r.stdout.strip().splitlines()[-1])
     assert ref["key"] != first["key"]  # other numerics, other cache key
     assert rel_error(z1, np.load(tmp_path / "ref.npy")) < 1e-4
+
+
+# ---- building in a child process ------------------------------------------------------------
+
+
+@pytest.fixture
+def child_builds(monkeypatch):
+    """``_child.build`` replaced by a stand-in that records each call and, like the real child,
+    builds the export into the store (or fails without building when ``fail`` is set)."""
+    from casam.runtime import _child
+
+    calls: list[tuple] = []
+    state = {"fail": False}
+
+    def fake(recipe, part, runtime="", batch=1):
+        calls.append((recipe, part, runtime, batch))
+        if state["fail"]:
+            return False
+        rt = RUNTIMES[runtime][1](built_source)
+        rt.model(batch)
+        return True
+
+    monkeypatch.setattr(_child, "build", fake)
+    monkeypatch.setattr(_child, "_enabled", True)
+    built_source = None
+
+    def set_source(src):
+        nonlocal built_source
+        built_source = src
+
+    return calls, state, set_source
+
+
+def test_a_missing_export_is_built_in_the_child_once(source, child_builds, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    calls, _, set_source = child_builds
+    set_source(source)
+    with_recipe = dataclasses.replace(source, recipe=("tiny", "/some/checkpoint.pth"))
+    exports = count_exports(monkeypatch)
+    RUNTIMES["onnxruntime"][1](with_recipe).model(1)
+    assert calls == [(("tiny", "/some/checkpoint.pth"), "encoder", "onnxruntime", 1)]
+    assert exports == [1]  # the child's build, then the store's checked folder was loaded
+    rt = RUNTIMES["onnxruntime"][1](with_recipe)
+    x = probe_batch(1, 256)
+    assert rel_error(rt.embed(x), torch_out(source, x)) < 1e-4
+    assert len(calls) == 1 and exports == [1]  # ready: no child, no export
+
+
+def test_a_failed_child_build_is_done_here(source, child_builds, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    calls, state, _ = child_builds
+    state["fail"] = True
+    exports = count_exports(monkeypatch)
+    rt = RUNTIMES["onnxruntime"][1](dataclasses.replace(source, recipe=("tiny", "")))
+    x = probe_batch(1, 256)
+    assert rel_error(rt.embed(x), torch_out(source, x)) < 1e-4
+    assert len(calls) == 1 and exports == [1]
+
+
+def test_no_child_without_a_recipe_or_when_off(source, child_builds, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    from casam.runtime import _child, build_in_child
+
+    calls, _, _ = child_builds
+    RUNTIMES["onnxruntime"][1](source).model(1)  # no recipe
+    build_in_child(False)
+    assert not _child.enabled()
+    RUNTIMES["onnxruntime"][1](dataclasses.replace(source, recipe=("tiny", ""))).model(2)
+    assert calls == []
+
+
+@pytest.mark.slow
+def test_the_child_builds_the_real_box_decoder(tmp_path, monkeypatch):
+    """``python -m casam.runtime._child`` builds LiteMedSAM's box decoder into the store that
+    the caller then loads without building it again."""
+    pytest.importorskip("openvino")
+    from casam.runtime import BoxDecoderRuntime, _child
+    from casam.runtime._store import is_built, runtime_cache_dir
+    from casam.sam import _recipe, get_backbone
+
+    monkeypatch.setenv("CASAM_RUNTIME_CACHE", str(tmp_path / "rt"))
+    bb = get_backbone("litemedsam", runtime="torch")
+    parts = (bb.prompt_encoder, bb.mask_decoder, bb._image_pe)
+    dec = BoxDecoderRuntime(bb.identity, bb.digest, lambda: parts, _recipe(bb))
+    assert not is_built(runtime_cache_dir(), dec.fields())
+    assert _child.build(_recipe(bb), "box-decoder")
+    assert is_built(runtime_cache_dir(), dec.fields())
+    monkeypatch.setattr(dec, "_build", lambda folder: pytest.fail("built again"))
+    assert dec.prepare() and dec.notice is None

@@ -59,6 +59,8 @@ def casam_home(tmp_path, monkeypatch, embedding_cache) -> Path:
     monkeypatch.setenv("CASAM_HOME", str(home))
     monkeypatch.setenv("CASAM_CACHE", str(embedding_cache))
     monkeypatch.delenv("CASAM_LIBRARY", raising=False)
+    # the dock turns on building exports in a child process for the whole process: not beyond
+    monkeypatch.setattr("casam.runtime._child._enabled", False)
     PluginSettings(disk_cache=True).save(home / "napari-settings.json")
     return home
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 from qtpy.QtWidgets import (
@@ -13,6 +15,7 @@ from qtpy.QtWidgets import (
     QTableWidget,
 )
 
+from casam.runtime import _child
 from napari_casam._layers import rectangle_to_box
 
 pytestmark = pytest.mark.gui
@@ -45,6 +48,8 @@ def test_dock_opens_through_the_manifest_with_its_layers(ct_viewer, open_dock):
     assert masks.data.shape == ct_viewer.layers["CT"].data.shape and not masks.data.any()
     assert w.session.predictor is not None
     assert "LiteMedSAM" in w.model.status.text()
+    # loading kept the GUI thread free: torch imported by the worker, exports built elsewhere
+    assert "torch" in sys.modules and _child.enabled()
     # routing of the slice in view, with no task learned yet
     assert w.card.text.headline == "SAM fallback"
     assert "turn on" not in w.card.text.detail  # "Route the slice in view" is on

@@ -12,6 +12,7 @@ only embeddings do (see docs/benchmark-speed.md for the cross-runtime measuremen
 
 from __future__ import annotations
 
+from casam.runtime._child import build_in_child
 from casam.runtime._cpu import bf16_native, cpu_flags, cpu_model
 from casam.runtime._decoder import BoxDecoderRuntime
 from casam.runtime._engines import (
@@ -42,6 +43,7 @@ __all__ = [
     "RuntimeFallbackWarning",
     "RuntimeUnavailable",
     "bf16_native",
+    "build_in_child",
     "cpu_flags",
     "cpu_model",
     "default_order",

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from casam.runtime import _child
 from casam.runtime._engines import RuntimeUnavailable, package_version, rel_error, torch_threads
-from casam.runtime._store import fetch_or_build, runtime_cache_dir
+from casam.runtime._store import fetch_or_build, is_built, runtime_cache_dir
 
 log = logging.getLogger("casam.runtime")
 
@@ -70,8 +71,9 @@ class BoxDecoderRuntime:
 
     name, title = "openvino", "OpenVINO fp32"
 
-    def __init__(self, backbone: str, weights_sha256: str, modules):
+    def __init__(self, backbone: str, weights_sha256: str, modules, recipe: tuple = ()):
         self.backbone, self.weights_sha256 = backbone, weights_sha256
+        self.recipe = recipe  # as EncoderSource.recipe: to build in a child process
         self._modules = modules  # () -> (prompt_encoder, mask_decoder, image_pe), fp32 CPU
         self.notice: str | None = None
         self._model = None
@@ -139,7 +141,10 @@ class BoxDecoderRuntime:
         with self._lock:
             if self._model is None and self.notice is None:
                 try:
-                    folder = fetch_or_build(runtime_cache_dir(), self.fields(), self._build)
+                    root, fields = runtime_cache_dir(), self.fields()
+                    if self.recipe and _child.enabled() and not is_built(root, fields):
+                        _child.build(self.recipe, "box-decoder")
+                    folder = fetch_or_build(root, fields, self._build)
                     self._model = self._load(folder)
                 except Exception as e:  # noqa: BLE001 - an optional runtime: torch decodes
                     self._off(f"{type(e).__name__}: {str(e)[:160]}")

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from casam.runtime._store import fetch_or_build, read_extra, runtime_cache_dir
+from casam.runtime import _child
+from casam.runtime._store import fetch_or_build, is_built, read_extra, runtime_cache_dir
 
 #: Largest relative L2 error of a fresh export against fp32 torch on the probe batch.
 TOLERANCE = {"fp32": 1e-3, "bf16": 0.12}
@@ -29,7 +30,9 @@ class EncoderSource:
     """What a runtime needs to know of the backbone: who it is and how to get its encoder.
 
     ``weights_sha256``: full digest of the checkpoint; ``encoder()``: the frozen fp32 torch
-    image encoder on the CPU (built on first call; exported runtimes need it only to build).
+    image encoder on the CPU (built on first call; exported runtimes need it only to build);
+    ``recipe``: (registry name, checkpoint file) from which a child process can build the same
+    backbone (``_child``; empty: exports are built in this process).
     """
 
     backbone: str
@@ -37,6 +40,7 @@ class EncoderSource:
     input_size: int
     encoder: Callable[[], object]
     device: str = "cpu"
+    recipe: tuple[str, str] | tuple[()] = ()
 
 
 class RuntimeUnavailable(RuntimeError):
@@ -213,9 +217,10 @@ class ExportedRuntime(EncoderRuntime):
 
     def model(self, batch: int) -> object:
         if batch not in self._models:
-            folder = fetch_or_build(
-                runtime_cache_dir(), self.fields(batch), lambda f: self._build(batch, f)
-            )
+            root, fields = runtime_cache_dir(), self.fields(batch)
+            if self.source.recipe and _child.enabled() and not is_built(root, fields):
+                _child.build(self.source.recipe, "encoder", self.name, batch)
+            folder = fetch_or_build(root, fields, lambda f: self._build(batch, f))
             self.build_errors[batch] = float(read_extra(folder).get("probe_rel_error", "nan"))
             self._models[batch] = self._load(folder, batch)
         return self._models[batch]

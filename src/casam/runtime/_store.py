@@ -72,6 +72,16 @@ def check_folder(folder: Path, fields: dict[str, str | int]) -> str | None:
     return None
 
 
+def is_built(root: Path, fields: dict[str, str | int]) -> bool:
+    """Whether a finished folder for ``fields`` is under ``root`` (its manifest names these
+    fields; its files are not hashed here: :func:`fetch_or_build` checks them before use)."""
+    try:
+        manifest = json.loads((root / cache_key(fields) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("fields") == {**fields}
+
+
 def read_extra(folder: Path) -> dict:
     """What the builder recorded beside the files (e.g. its numerics check)."""
     return dict(json.loads((folder / MANIFEST).read_text()).get("extra", {}))
