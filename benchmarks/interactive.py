@@ -148,6 +148,14 @@ def three_d(p, name: str, task, settings: dict, before: bool = False, known=None
         row[f"one_box_{routing}{suffix}"] = dice(r.masks, gt)
         row[f"stops_{routing}{suffix}"] = r.stops
         row[f"tasks_{routing}{suffix}"] = {str(t): n for t, n in r.tasks.items()}
+    # The done bar's wording ("one box on the middle slice"), beside the protocol's seed (the
+    # largest slice): the middle of the structure's first..last slice, routed per slice.
+    ks = np.flatnonzero(gt.any((1, 2)))
+    mid = int((ks[0] + ks[-1]) // 2)
+    r = propagate(
+        p, vol, mid, box=box_of(gt[mid]), task=task, settings=PropagateSettings(**settings)
+    )
+    row.update(middle_seed=mid, one_box_middle_slice=dice(r.masks, gt), stops_middle=r.stops)
     return row
 
 
