@@ -126,6 +126,26 @@ def lenient(t, reach=None):
     return rule
 
 
+def lenient_like(t, z, reach=None):
+    """The lenient box, grown only into pixels that look like the seed's organ (within ``z`` of
+    its SDs, on the neighbour's slice)."""
+
+    def rule(sl, mask, logits, prev, box, ctx):
+        from scipy.ndimage import binary_dilation, label
+
+        mean, sd = ctx["look"]
+        img = np.asarray(ctx["neighbour image"], float)
+        img = img.mean(-1) if img.ndim == 3 else img
+        weak = (logits > t) & (np.abs(img - mean) <= z * sd)
+        if reach is not None:
+            weak &= binary_dilation(mask, iterations=reach)
+        lab, _ = label(weak | mask)
+        b = mask_prompt(np.isin(lab, np.unique(lab[mask & (lab > 0)])), ctx)
+        return (*sl.box(b), b)
+
+    return rule
+
+
 def multimask(how):
     """Among SAM's single output and 3 multimask candidates, the one most like the neighbour."""
 
@@ -265,6 +285,11 @@ RULES = {
     "box of neighbour's logits > -1, within 1 px": lenient(-1.0, 1),
     "box of neighbour's logits > -1, within 2 px": lenient(-1.0, 2),
     "box of neighbour's logits > -2, within 1 px": lenient(-2.0, 1),
+    "box of logits > -1 grown into organ-like pixels (1 SD)": lenient_like(-1.0, 1.0),
+    "box of logits > -1 grown into organ-like pixels (0.5 SD)": lenient_like(-1.0, 0.5),
+    "box of logits > -1 grown into organ-like pixels (1 SD), within 1 px": lenient_like(
+        -1.0, 1.0, 1
+    ),
     "multimask: IoU with neighbour's mask": multimask("IoU with neighbour"),
     "multimask: area nearest neighbour's": multimask("area nearest neighbour's"),
     "multimask: largest confident, overlapping": multimask("largest"),
@@ -315,7 +340,7 @@ def run(p, vol, gt, k: int, rule) -> tuple[float, dict]:
     for name, d in (("up", 1), ("down", -1)):
         mask, logits, prev, j, why = m0, lg0, box0, k + d, None
         while 0 <= j < len(vol) and not why:
-            ctx["image"] = vol[j]
+            ctx["image"], ctx["neighbour image"] = vol[j], vol[j - d]
             m, score, lg, b = rule(sl(j), mask, logits, prev, mask_prompt(mask, ctx), ctx)
             shift = abs(appearance(vol[j], m)[0] - ctx["look"][0]) / max(ctx["look"][1], 1e-6)
             why = stop_reason(
@@ -332,7 +357,7 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--out", default=str(Path(__file__).parent / "results" / "propagation-carry.json")
     )
-    ap.add_argument("--rules", nargs="+", choices=list(RULES))
+    ap.add_argument("--rules", nargs="+", choices=list(RULES), help="only these (default: all)")
     args = ap.parse_args(argv)
     from casam.predictor import Predictor
     from casam.propagate import propagate
