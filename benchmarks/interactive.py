@@ -16,8 +16,9 @@ SAM, beside the bound "GT box on every slice" and interpolation of the boxes of 
 last slice), ``times`` (propagation s/slice uncached and cached, a click on a cached slice
 with the product's rule, with SAM boxes forced and with SAM point prompts, and the decoder
 calls of each click), ``learned`` (the box-only check and the learned tasks' 3-D routed per
-slice and by volume majority), ``box_check`` (the box-only check alone: box IoU of tasks
-learned with and without click prompts), ``click_tune`` (every click rule of CLICK_RULES on 6
+slice and by volume majority), ``learned_3d`` (the learned tasks' 3-D alone), ``box_check``
+(the box-only check alone: box IoU of tasks learned with and without click prompts),
+``click_tune`` (every click rule of CLICK_RULES on 6
 slices of each validation organ, plain SAM, cap 10; then the best few on the validation organ's
 learned task) and ``clicks`` (IoU after 1, 3, 5 clicks at the centre of the largest error
 region, NoC@85/90 capped at 20, on each task's test split: plain SAM and learned tasks, the
@@ -148,6 +149,14 @@ def three_d(p, name: str, task, settings: dict, before: bool = False, known=None
         row[f"one_box_{routing}{suffix}"] = dice(r.masks, gt)
         row[f"stops_{routing}{suffix}"] = r.stops
         row[f"tasks_{routing}{suffix}"] = {str(t): n for t, n in r.tasks.items()}
+    # The done bar's wording ("one box on the middle slice"), beside the protocol's seed (the
+    # largest slice): the middle of the structure's first..last slice, routed per slice.
+    ks = np.flatnonzero(gt.any((1, 2)))
+    mid = int((ks[0] + ks[-1]) // 2)
+    r = propagate(
+        p, vol, mid, box=box_of(gt[mid]), task=task, settings=PropagateSettings(**settings)
+    )
+    row.update(middle_seed=mid, one_box_middle_slice=dice(r.masks, gt), stops_middle=r.stops)
     return row
 
 
@@ -376,7 +385,9 @@ def learned_sections(p, p_box, res: dict, save, settings: dict, sections) -> Non
     tasks = {t.name: t for t in datasets.load_tasks()}
     if "learned" in sections or "box_check" in sections:
         box_only_check(p, p_box, tasks, res, save)
-    if "learned" in sections:
+    if "learned" in sections or "learned_3d" in sections:
+        for name in LEARN_TASKS:
+            learn(p, tasks[name], 0.3)
         learned_three_d(p, res, save, settings)
     if "clicks" in sections:
         clicks_section(p, p_box, tasks, res, save)
@@ -471,7 +482,17 @@ def merge(dst: dict, src: dict) -> dict:
     return dst
 
 
-SECTIONS = ("diagnose", "tune", "plain", "times", "learned", "box_check", "click_tune", "clicks")
+SECTIONS = (
+    "diagnose",
+    "tune",
+    "plain",
+    "times",
+    "learned",
+    "learned_3d",
+    "box_check",
+    "click_tune",
+    "clicks",
+)
 
 
 def main(argv=None) -> int:
@@ -531,7 +552,7 @@ def main(argv=None) -> int:
         res["times"] = timings(p, "MR liver")
         print(f"  {res['times']}", flush=True)
         save()
-    if {"learned", "box_check", "clicks"} & set(sections):
+    if {"learned", "learned_3d", "box_check", "clicks"} & set(sections):
         p_box = Predictor(backbone=p.backbone, library=LIB_BOX_ONLY, disk_cache=EMB_CACHE)
         learned_sections(p, p_box, res, save, settings, sections)
     res["finished"] = {n: res["machine"]["date"] for n in sections}
