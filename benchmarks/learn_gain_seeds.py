@@ -2,9 +2,12 @@
 
     OMP_NUM_THREADS=1 python benchmarks/learn_gain_seeds.py --runtimes openvino-bf16,openvino \
         --seeds 3 --json benchmarks/results/learn-gain-seeds-bf16.json
+    python benchmarks/learn_gain_seeds.py --runtimes openvino-bf16 --schedules default,paper \
+        --seeds 3 --json benchmarks/results/learn-gain-seeds-schedules.json
 
 For each runtime and seed: learn the speed benchmark's task (CT liver, 20 training slices,
-default LearnSettings but the seed) from that runtime's embeddings, then the held-out IoU gain
+default LearnSettings, or with ``--schedules`` also the paper's ``LearnSettings.paper()``, but
+the seed) from that runtime's embeddings, then the held-out IoU gain
 over plain SAM on the task's 20 test slices with the same runtime's embeddings. One training's
 gain moves by several points with the seed, so runtimes are compared on the mean over seeds.
 A quality figure: it does not depend on the machine's load.
@@ -26,7 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import heldout_iou, machine, speed_slices  # noqa: E402
 
 
-def gains(runtime: str, seeds: int, train, held) -> tuple[list[float], float]:
+def gains(
+    runtime: str, seeds: int, train, held, schedule: str = "default"
+) -> tuple[list[float], float]:
     from casam import LearnSettings, Predictor, TaskLibrary
     from casam.sam import get_backbone
     from casam.training import learn_task
@@ -36,13 +41,18 @@ def gains(runtime: str, seeds: int, train, held) -> tuple[list[float], float]:
     for seed in range(seeds):
         with tempfile.TemporaryDirectory() as d:
             p = Predictor(bb, library=TaskLibrary(d))
-            settings = replace(LearnSettings(), seed=seed)
+            base = LearnSettings.paper() if schedule == "paper" else LearnSettings()
+            settings = replace(base, seed=seed)
             learn_task(
                 [i for i, _ in train], [m for _, m in train], "t", predictor=p, settings=settings
             )
             sam = heldout_iou(p, held, "sam")[0]
             out.append(round(heldout_iou(p, held, "t")[0] - sam, 4))
-            print(f"{runtime} seed {seed}: gain {out[-1]:+.4f}", file=sys.stderr, flush=True)
+            print(
+                f"{runtime} {schedule} seed {seed}: gain {out[-1]:+.4f}",
+                file=sys.stderr,
+                flush=True,
+            )
     return out, round(sam, 4)
 
 
@@ -50,13 +60,25 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runtimes", default="openvino-bf16,openvino")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--schedules", default="default", help="default and/or paper, comma-separated")
     ap.add_argument("--json", default=None, help="write the result here")
     args = ap.parse_args(argv)
     train, held = speed_slices(None, 20)
     res: dict = {"machine": machine(), "gain": {}, "heldout_iou_sam": {}}
+    schedules = [x.strip() for x in args.schedules.split(",") if x.strip()]
+    bad = [x for x in schedules if x not in ("default", "paper")]
+    if bad:
+        raise SystemExit(f"unknown schedules {bad}: choose default, paper")
     for rt in args.runtimes.split(","):
-        res["gain"][rt], res["heldout_iou_sam"][rt] = gains(rt, args.seeds, train, held)
-    res["mean"] = {rt: round(float(np.mean(g)), 4) for rt, g in res["gain"].items()}
+        for sch in schedules:
+            key = rt if sch == "default" else f"{rt} {sch}"  # the earlier files' keys stay
+            res["gain"][key], res["heldout_iou_sam"][key] = gains(rt, args.seeds, train, held, sch)
+    res["mean"] = {k: round(float(np.mean(g)), 4) for k, g in res["gain"].items()}
+    for rt in args.runtimes.split(","):
+        if "default" in schedules and "paper" in schedules:
+            res.setdefault("gain_ratio_default_vs_paper", {})[rt] = round(
+                res["mean"][rt] / res["mean"][f"{rt} paper"], 3
+            )
     text = json.dumps(res, indent=1)
     print(text)
     if args.json:
