@@ -402,6 +402,25 @@ def test_no_child_without_a_recipe_or_when_off(source, child_builds, monkeypatch
     assert calls == []
 
 
+def test_a_hung_child_is_given_up_so_the_caller_builds(tmp_path, monkeypatch):
+    """A child still building after ``CHILD_TIMEOUT_S`` is killed (by ``subprocess.run``) and
+    ``build`` says it failed, so the caller builds the export itself instead of waiting forever."""
+    import subprocess
+
+    from casam.runtime import _child
+
+    monkeypatch.setenv("CASAM_RUNTIME_CACHE", str(tmp_path / "rt"))
+    seen = {}
+
+    def hangs(cmd, **kw):
+        seen.update(kw)
+        raise subprocess.TimeoutExpired(cmd, kw["timeout"])
+
+    monkeypatch.setattr(_child.subprocess, "run", hangs)
+    assert _child.build(("litemedsam", ""), "box-decoder") is False
+    assert seen["timeout"] == _child.CHILD_TIMEOUT_S
+
+
 @pytest.mark.slow
 def test_the_child_builds_the_real_box_decoder(tmp_path, monkeypatch):
     """``python -m casam.runtime._child`` builds LiteMedSAM's box decoder into the store that

@@ -40,12 +40,18 @@ def test_the_next_slice_is_embedded_before_its_first_box(
     assert not w.session.predictor.is_cached(images[SLICE + 3])  # a small window only
 
     encoded = count_encoder(monkeypatch, w.session.predictor.backbone)
+    before = len(prefetch.embedded)
     viewer.dims.set_current_step(0, SLICE + 1)
     w.prompts_layer().add_rectangles([h.bbox_rect(gt[SLICE + 1], (SLICE + 1,))])
     wait_idle(w)
-    assert encoded[0] == 0  # the box used the prefetched embedding
     lab = w.masks_layer().data
     assert h.iou(lab[SLICE + 1] == 1, gt[SLICE + 1]) > 0.5
-    # looking at SLICE + 1 re-targets the window: SLICE + 3 is embedded next, in the background
-    qtbot.waitUntil(lambda: not prefetch.busy and not w.busy, timeout=300_000)
-    assert encoded[0] == 1 and prefetch.embedded[-1] == (SLICE + 3,)
+    # looking at SLICE + 1 re-targets the window: SLICE + 3, its one new slice, is embedded in
+    # the background. On a fast CPU that can run before the box's job is seen to end, so the
+    # encoder calls are counted once all is done: exactly that one, none for the box.
+    qtbot.waitUntil(
+        lambda: len(prefetch.embedded) > before and not prefetch.busy and not w.busy,
+        timeout=300_000,
+    )
+    assert prefetch.embedded[before:] == [(SLICE + 3,)]
+    assert encoded[0] == 1  # the prefetch of SLICE + 3: the box used SLICE + 1's prefetched one

@@ -24,6 +24,9 @@ import sys
 log = logging.getLogger("casam.runtime")
 
 _enabled = False
+#: A child still building after this long is killed and the caller builds in-process (a build
+#: takes 15-90 s on the 2-core machines measured; a hung child must not hang the dock).
+CHILD_TIMEOUT_S = 1800
 
 
 def build_in_child(on: bool = True) -> None:
@@ -46,7 +49,12 @@ def build(recipe: tuple[str, str], part: str, runtime: str = "", batch: int = 1)
     env = {**os.environ, "CASAM_RUNTIME_CACHE": str(runtime_cache_dir())}
     cmd = [sys.executable, "-m", "casam.runtime._child", json.dumps(spec)]
     try:
-        res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        res = subprocess.run(
+            cmd, env=env, capture_output=True, text=True, check=False, timeout=CHILD_TIMEOUT_S
+        )
+    except subprocess.TimeoutExpired:  # run() has killed it; its lock goes with it
+        log.warning("building the %s in a child process took over %d s", part, CHILD_TIMEOUT_S)
+        return False
     except OSError as e:
         log.warning("could not start a child process to build the %s (%s)", part, e)
         return False
