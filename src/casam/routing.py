@@ -60,6 +60,7 @@ def share(r: float | None) -> str:
     """A score / threshold ratio in words: "62% of its threshold", "3.4x its threshold"."""
     if r is None or math.isnan(r):
         return "not scored"
+    r = max(r, 0.0)  # a training image's own distance can round to -1e-7: not "-0%"
     if r < 2:
         return f"{r:.0%} of its threshold"
     return f"{r:.1f}x its threshold" if r < 10 else f"{r:.0f}x its threshold"

@@ -153,3 +153,12 @@ def test_batched_training_equals_separate_training():
                 rtol=1e-4,
                 atol=1e-5,
             )
+
+
+def test_a_share_never_reads_minus_zero():
+    """A training image's own cosine distance can round below 0 (-1e-7): the user reads 0%."""
+    from casam.routing import share
+
+    assert share(-1e-7) == "0% of its threshold"
+    assert share(0.62) == "62% of its threshold"
+    assert share(3.44) == "3.4x its threshold"
