@@ -39,6 +39,18 @@ def enabled() -> bool:
     return _enabled
 
 
+def build_missing(
+    recipe: tuple, root, fields: dict, part: str, runtime: str = "", batch: int = 1
+) -> None:
+    """Called before ``fetch_or_build(root, fields, ...)``: with child builds on and a
+    ``recipe``, a missing export is built by a child first; if it fails, ``fetch_or_build``
+    builds it in this process as before."""
+    from casam.runtime._store import is_built
+
+    if recipe and _enabled and not is_built(root, fields):
+        build(recipe, part, runtime, batch)
+
+
 def build(recipe: tuple[str, str], part: str, runtime: str = "", batch: int = 1) -> bool:
     """Build ``part`` ("encoder" with ``runtime`` and ``batch``, or "box-decoder") of the
     backbone ``recipe`` in a child process; True when it succeeded."""

@@ -23,7 +23,7 @@ import numpy as np
 
 from casam.runtime import _child
 from casam.runtime._engines import RuntimeUnavailable, package_version, rel_error, torch_threads
-from casam.runtime._store import fetch_or_build, is_built, runtime_cache_dir
+from casam.runtime._store import fetch_or_build, runtime_cache_dir
 
 log = logging.getLogger("casam.runtime")
 
@@ -142,8 +142,7 @@ class BoxDecoderRuntime:
             if self._model is None and self.notice is None:
                 try:
                     root, fields = runtime_cache_dir(), self.fields()
-                    if self.recipe and _child.enabled() and not is_built(root, fields):
-                        _child.build(self.recipe, "box-decoder")
+                    _child.build_missing(self.recipe, root, fields, "box-decoder")
                     folder = fetch_or_build(root, fields, self._build)
                     self._model = self._load(folder)
                 except Exception as e:  # noqa: BLE001 - an optional runtime: torch decodes

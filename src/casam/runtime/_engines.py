@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from casam.runtime import _child
-from casam.runtime._store import fetch_or_build, is_built, read_extra, runtime_cache_dir
+from casam.runtime._store import fetch_or_build, read_extra, runtime_cache_dir
 
 #: Largest relative L2 error of a fresh export against fp32 torch on the probe batch.
 TOLERANCE = {"fp32": 1e-3, "bf16": 0.12}
@@ -218,8 +218,7 @@ class ExportedRuntime(EncoderRuntime):
     def model(self, batch: int) -> object:
         if batch not in self._models:
             root, fields = runtime_cache_dir(), self.fields(batch)
-            if self.source.recipe and _child.enabled() and not is_built(root, fields):
-                _child.build(self.source.recipe, "encoder", self.name, batch)
+            _child.build_missing(self.source.recipe, root, fields, "encoder", self.name, batch)
             folder = fetch_or_build(root, fields, lambda f: self._build(batch, f))
             self.build_errors[batch] = float(read_extra(folder).get("probe_rel_error", "nan"))
             self._models[batch] = self._load(folder, batch)
