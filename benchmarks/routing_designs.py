@@ -275,7 +275,7 @@ def widened() -> list[Design]:
             out.append(
                 Design(name, "knn", sm, q=100, margin=2.0, norm=True, stretch=stretch, sep=sep)
             )
-    for floor in (0.015, 0.02, 0.025, 0.0275, 0.03, 0.035, 0.04, 0.05):
+    for floor in (0.015, 0.02, 0.0225, 0.025, 0.0275, 0.03, 0.035, 0.04, 0.05):
         for sep in (1.0, 1.1, 1.2, 1.3):
             name = f"kNN {sm} norm, p100 x 2, floor {floor:g}, runner-up >= {sep:g} x"
             out.append(Design(name, "knn", sm, q=100, margin=2.0, norm=True, floor=floor, sep=sep))
@@ -344,7 +344,7 @@ def choose(out: dict) -> str | None:
 
 #: The design the engine ships (casam.neighbours with LearnSettings' knn_margin, knn_k,
 #: knn_floor and knn_separation).
-SHIPPED = "kNN attn+std+max norm, p100 x 2, floor 0.0275, runner-up >= 1.1 x"
+SHIPPED = "kNN attn+std+max norm, p100 x 2, floor 0.0225, runner-up >= 1.1 x"
 
 
 def route_ms_1000(data: dict, d: Design, cache: dict) -> float:

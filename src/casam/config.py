@@ -83,12 +83,15 @@ class LearnSettings:
     """After training, try the adapter at strengths 0 (plain SAM), 0.25, ..., 1 (as trained) on
     the held-out slices and keep the best (``casam.training.STRENGTHS``): a task is never below
     plain SAM on its own held-out slices. Off, or without held-out slices: as trained."""
-    knn_floor: float = 0.0275
+    knn_floor: float = 0.0225
     """The default router's threshold is at least this cosine distance (its own, ``knn_margin``
     x the spread, is often far tighter: one scan's slices lie much closer together than another
     patient's lie to them). An image farther than the own threshold but within the floor goes to
-    the task only when the runner-up is clearly farther (``knn_separation``). 0 turns it off;
-    tuned for LiteMedSAM's pooled views by benchmarks/routing.py (docs/benchmark-quality.md)."""
+    the task only when the runner-up is clearly farther (``knn_separation``; with one task in
+    the library there is no runner-up and the floor alone decides). 0 turns it off. Tuned for
+    LiteMedSAM's pooled views on libraries of every size, 1 to 8 tasks
+    (benchmarks/routing_libsizes.py; 0.0275, tuned on 8-task libraries alone, let small
+    libraries take other modalities' slices and unseen kinds: docs/benchmark-quality.md)."""
     knn_separation: float = 1.1
     """An image accepted by the floor alone needs the runner-up task's distance / threshold ratio
     to be at least this many times the best task's; else plain SAM (too close to call)."""
