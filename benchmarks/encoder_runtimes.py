@@ -7,10 +7,12 @@
    and batch 8 per slice; the export/build time of each (cold cache).
 2. Numerics: relative L2 error of each runtime's embeddings against fp32 torch, on the held-out
    (test) slices of the quality benchmark's tasks.
-3. Quality: tasks learned from fp32-torch embeddings of each task's training split (default
-   LearnSettings), then, with each runtime's embeddings of the test slices and the OOD images,
-   plain SAM's IoU, the routed (auto) IoU, and routing agreement with fp32 torch. This is the
-   "task learned with one runtime, used with another" case.
+3. Quality: the quality benchmark's tasks (``datasets.DOMAIN_TASKS``, as ``quality.py``;
+   ``--tasks`` chooses others) learned from fp32-torch embeddings of each task's training split
+   (default LearnSettings), then, with each runtime's embeddings of the test slices and the OOD
+   images, plain SAM's IoU, the routed (auto) IoU, and routing agreement with fp32 torch. This
+   is the "task learned with one runtime, used with another" case. Every routing decision
+   that differs from fp32 torch's is listed (``route_differences``).
 
 Every figure comes with the CPU model, its flags and the load average.
 """
@@ -30,6 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import EMB_CACHE, box_of, load_ood, load_tasks, machine  # noqa: E402
+from datasets import DOMAIN_TASKS  # noqa: E402
 
 
 def log(*a) -> None:
@@ -140,6 +143,12 @@ def compare(ev: dict, ref: dict) -> dict:
     routes = [a["route"] for a in r] + ev["ood_routes"]
     routes_ref = [b["route"] for b in f] + ref["ood_routes"]
     agree = float(np.mean([a == b for a, b in zip(routes, routes_ref, strict=True)]))
+    what = [f"{a['task']} test slice" for a in r] + ["OOD image"] * len(ev["ood_routes"])
+    differ = [
+        {"image": w, "index": i, "fp32": b, "runtime": a}
+        for i, (w, a, b) in enumerate(zip(what, routes, routes_ref, strict=True))
+        if a != b
+    ]
     iou_sam = float(np.mean([a["iou_sam"] for a in r]))
     iou_auto = float(np.mean([a["iou_auto"] for a in r]))
     d_sam = iou_sam - float(np.mean([b["iou_sam"] for b in f]))
@@ -153,6 +162,7 @@ def compare(ev: dict, ref: dict) -> dict:
         "iou_delta_task_vs_fp32": round(d_auto, 4),
         "iou_delta_vs_fp32": round(min(d_sam, d_auto), 4),
         "route_agreement_vs_fp32": round(agree, 4),
+        "route_differences": differ,
         "routed_to_own_task": round(float(np.mean([a["route"] == a["task"] for a in r])), 4),
         "ood_to_sam": round(float(np.mean([t is None for t in ev["ood_routes"]])), 4),
         "images_routed": len(routes),
@@ -167,7 +177,11 @@ def main(argv=None) -> int:
     ap.add_argument("--runtimes", default=",".join(RUNTIMES), help="comma-separated names")
     ap.add_argument("--repeats", type=int, default=7, help="interleaved rounds of the speed median")
     ap.add_argument("--no-quality", action="store_true", help="speed only")
-    ap.add_argument("--tasks", default=None, help="comma-separated task names (default: all)")
+    ap.add_argument(
+        "--tasks",
+        default=",".join(DOMAIN_TASKS),
+        help="comma-separated task names (default: the quality benchmark's; 'all': every task)",
+    )
     ap.add_argument(
         "--library", default=None, help="keep the fp32-learned tasks here (reused next run)"
     )
@@ -182,7 +196,7 @@ def main(argv=None) -> int:
     out: dict = {"machine": {**machine(), "cpu_flags": cpu_flags()}}
     bb = get_backbone("litemedsam", device="cpu", runtime="torch")
     tasks = load_tasks()
-    if args.tasks:
+    if args.tasks != "all":
         keep = set(args.tasks.split(","))
         tasks = [t for t in tasks if t.name in keep]
     x1, _ = bb.prepare(tasks[0].test[0][0])
