@@ -4,6 +4,8 @@
         --seeds 3 --json benchmarks/results/learn-gain-seeds-bf16.json
     python benchmarks/learn_gain_seeds.py --runtimes openvino-bf16 --schedules default,paper \
         --seeds 3 --json benchmarks/results/learn-gain-seeds-schedules.json
+    python benchmarks/learn_gain_seeds.py --runtimes openvino-bf16 --schedules default,paper \
+        --paper-from benchmarks/results/learn-gain-seeds-schedules.json --json OUT.json
 
 For each runtime and seed: learn the speed benchmark's task (CT liver, 20 training slices,
 default LearnSettings, or with ``--schedules`` also the paper's ``LearnSettings.paper()``, but
@@ -62,6 +64,12 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--schedules", default="default", help="default and/or paper, comma-separated")
     ap.add_argument("--json", default=None, help="write the result here")
+    ap.add_argument(
+        "--paper-from",
+        metavar="JSON",
+        default=None,
+        help="take the paper schedule's gains from this earlier run instead of training them",
+    )
     args = ap.parse_args(argv)
     train, held = speed_slices(None, 20)
     res: dict = {"machine": machine(), "gain": {}, "heldout_iou_sam": {}}
@@ -69,10 +77,27 @@ def main(argv=None) -> int:
     bad = [x for x in schedules if x not in ("default", "paper")]
     if bad:
         raise SystemExit(f"unknown schedules {bad}: choose default, paper")
+    old = json.loads(Path(args.paper_from).read_text()) if args.paper_from else None
+    if old:
+        res["paper_from"] = {"file": args.paper_from, "date": old["machine"]["date"]}
     for rt in args.runtimes.split(","):
         for sch in schedules:
             key = rt if sch == "default" else f"{rt} {sch}"  # the earlier files' keys stay
+            if sch == "paper" and old:
+                if len(old["gain"][key]) != args.seeds:
+                    raise SystemExit(f"{args.paper_from} has {len(old['gain'][key])} seeds")
+                res["gain"][key] = old["gain"][key]
+                res["heldout_iou_sam"][key] = old["heldout_iou_sam"][key]
+                continue
             res["gain"][key], res["heldout_iou_sam"][key] = gains(rt, args.seeds, train, held, sch)
+    if old:
+        for rt in args.runtimes.split(","):
+            if rt in res["heldout_iou_sam"] and f"{rt} paper" in res["heldout_iou_sam"]:
+                a, b = res["heldout_iou_sam"][rt], res["heldout_iou_sam"][f"{rt} paper"]
+                if abs(a - b) > 1e-3:
+                    raise SystemExit(
+                        f"plain SAM {a} here, {b} in {args.paper_from}: not comparable"
+                    )
     res["mean"] = {k: round(float(np.mean(g)), 4) for k, g in res["gain"].items()}
     for rt in args.runtimes.split(","):
         if "default" in schedules and "paper" in schedules:
