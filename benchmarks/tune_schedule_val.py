@@ -149,6 +149,15 @@ def summarise(rows: list[dict], names: list[str], tasks: list[str], seeds: list[
             if any(t in per_task for t in ts)
         }
         complete = len(per_task) == len(tasks)
+        # the same seed and tasks as BASE: mean over tasks of (candidate - BASE) per seed
+        paired = {
+            s: round(
+                float(np.mean([at[(t, s, c)]["gain"] - at[(t, s, BASE)]["gain"] for t in tasks])),
+                4,
+            )
+            for s in seeds
+            if all((t, s, c) in at and (t, s, BASE) in at for t in tasks)
+        }
         out[c] = {
             **CANDIDATES[c],
             "per_task": per_task,
@@ -161,6 +170,7 @@ def summarise(rows: list[dict], names: list[str], tasks: list[str], seeds: list[
             if len(per_seed) > 1
             else None,
             "mean_gain_chosen_strength": round(float(np.mean(chosen)), 4) if chosen else None,
+            "paired_vs_base": paired,
             "cost_ratio": round(sum(a for a, _ in pairs) / sum(b for _, b in pairs), 2)
             if pairs
             else None,
@@ -209,7 +219,7 @@ def print_table(res: dict) -> None:
     )
     short = {t: t.replace("microscopy ", "micro ").replace(" tumour", " tum.") for t in tasks}
     head = f"{'candidate':<15}" + "".join(f"{short[t]:>22}" for t in tasks)
-    head += f"{'organs':>8}{'lesions':>8}{'micro':>7}{'mean':>8}{'spread':>7}{'chosen-s':>9}"
+    head += f"{'organs':>8}{'lesions':>8}{'micro':>8}{'mean':>8}{'spread':>7}{'chosen-s':>9}"
     head += f"{'cost':>6}"
     print(head)
     print("-" * len(head))
@@ -228,10 +238,17 @@ def print_table(res: dict) -> None:
             return format(x, f">{sign}{w}.{prec}f") if x is not None else f"{'-':>{w}}"
 
         print(
-            f"{c:<15}{cells}{f(k.get('organs'))}{f(k.get('lesions'))}{f(k.get('microscopy'), 7)}"
+            f"{c:<15}{cells}{f(k.get('organs'))}{f(k.get('lesions'))}{f(k.get('microscopy'))}"
             f"{f(v['mean_gain'])}{f(v['seed_spread'], 7, '')}"
             f"{f(v['mean_gain_chosen_strength'], 9)}{f(v['cost_ratio'], 6, '', 2)}"
         )
+    for c, v in summ.items():
+        if v.get("paired_vs_base") and c != BASE:
+            d = v["paired_vs_base"]
+            print(
+                f"{c}: minus {BASE}, same seed (mean over tasks): "
+                + ", ".join(f"seed {s} {x:+.4f}" for s, x in d.items())
+            )
     ch = res.get("choice") or {}
     if ch:
         print(
@@ -254,8 +271,11 @@ def main(argv=None) -> int:
     ap.add_argument("--resume", action="store_true", help="keep the rows of an existing --json")
     ap.add_argument("--print", metavar="JSON", default=None, help="only print an earlier run")
     args = ap.parse_args(argv)
-    if args.print:
-        print_table(json.loads(Path(args.print).read_text()))
+    if args.print:  # the summary of the stored rows, by this version of the code
+        res = json.loads(Path(args.print).read_text())
+        res["summary"] = summarise(res["rows"], list(res["candidates"]), res["tasks"], res["seeds"])
+        res["choice"] = choose(res["summary"])
+        print_table(res)
         return 0
 
     from casam import LearnSettings, Predictor, TaskLibrary
