@@ -212,10 +212,13 @@ def choose(summary: dict) -> dict:
 def print_table(res: dict) -> None:
     summ, tasks = res["summary"], res["tasks"]
     m = res["machine"]
+    runs = "; ".join(
+        f"{r['date']} load {r['load_avg_1m_at_start']}..{r.get('load_avg_1m_at_end')}"
+        for r in res.get("machine_runs", [m])
+    )
     print(
-        f"{m['cpu']}, {m['threads']} thread(s), {m['date']}, load {m['load_avg_1m_at_start']}.."
-        f"{m.get('load_avg_1m_at_end')}; seeds {res['seeds']}; gain = validation IoU - plain SAM"
-        " (layer at strength 1), per task: mean [seed range]"
+        f"{m['cpu']}, {m['threads']} thread(s); runs: {runs}; seeds {res['seeds']}; gain = "
+        "validation IoU - plain SAM (layer at strength 1), per task: mean [seed range]"
     )
     short = {t: t.replace("microscopy ", "micro ").replace(" tumour", " tum.") for t in tasks}
     head = f"{'candidate':<15}" + "".join(f"{short[t]:>22}" for t in tasks)
@@ -290,10 +293,12 @@ def main(argv=None) -> int:
     all_tasks = {t.name: t for t in load_tasks(args.data_cache)}
     seeds = list(range(args.seeds))
     out = Path(args.json)
-    rows = json.loads(out.read_text())["rows"] if args.resume and out.is_file() else []
+    prev = json.loads(out.read_text()) if args.resume and out.is_file() else {}
+    rows = prev.get("rows", [])
     done = {(r["task"], r["seed"], r["candidate"]) for r in rows}
     res = {
         "machine": machine(),
+        "machine_runs": prev.get("machine_runs", [prev["machine"]] if prev else []),
         "seeds": seeds,
         "tasks": tnames,
         "max_train": MAX_TRAIN,
@@ -310,6 +315,8 @@ def main(argv=None) -> int:
         log(f"embeddings of {t} ...")
         data[t] = task_data(p, all_tasks[t])
         res.setdefault("slices", {})[t] = dict(zip(("train", "val"), data[t][3], strict=True))
+
+    res["machine_runs"].append(res["machine"])  # one per (resumed) run: when, at what load
 
     def save():
         # every candidate with rows (a resumed run may train fewer than the first did)
