@@ -12,6 +12,9 @@ Each row is ``casam.training.learn_task`` with ``LearnSettings(**row)`` (everyth
 default), into a throw-away library; IoU is measured with ``casam.Predictor`` on the held-out
 slices (ground-truth boxes) and compared with plain SAM on the same slices.
 
+It scores on a TEST split with one seed: use it for timing, not for choosing the default;
+``tune_schedule_val.py`` chooses on the quality tasks' validation slices over seeds (issue 16).
+
 ``--micro`` first times one training step (batch 6) per block count with and without bf16
 autocast, interleaved, to show where the time goes.
 """
