@@ -54,10 +54,10 @@ class LearnSettings:
     first positive inside the mask, the others positive, or negative inside the box but
     outside the mask), as a click comes in the product (with its object's box); the rest use
     the box only. The task then also serves SAM's point prompts (``ClickSession(mode=
-    "points")``). Off by default: on the validation organs 0.15 keeps box-only IoU (two seeds)
-    but did not measurably improve clicks, 0.3 costs 1.7 points of box IoU, and clicks without
-    the box (the first version) 3.9 (docs/benchmark-interactive.md, "Training with point
-    prompts"). The product's click rule (``casam.correct``) does not need it."""
+    "points")``). Off by default: on the validation organs 0.15 keeps box-only IoU within the
+    seed spread (-0.4 points, three seeds) but lowers no NoC@90, 0.3 costs 1.7 points of box
+    IoU, and clicks without the box (the first version) 3.9 (docs/benchmark-interactive.md,
+    "Training with point prompts"). The product's click rule (``casam.correct``) needs none."""
     bf16: bool | None = None
     """Train in bfloat16 autocast; None = when the CPU has native bf16 (AMX/AVX512-BF16)."""
     vae_steps: int = 600
