@@ -41,6 +41,8 @@ from _common import EMB_CACHE, heldout_iou, machine  # noqa: E402
 #: missed object, negative on false positive), like a user correcting it. "instead": a point
 #: batch is trained on its clicks only; "added": every batch is trained on its boxes, and a
 #: point batch also on its clicks (a second decode; its loss x the weight is added).
+#: "errors+logits": clicks on the errors, decoded with the box-only prediction's logits as
+#: ``mask_input`` (a user correcting the mask; measured with the clicks alone all the same).
 WAYS: dict[str, tuple[float, float, str, float, str]] = {
     "boxes only": (0.0, 1.0, "random", 1.0, "instead"),
     "0.3, box half the time (before)": (0.3, 0.5, "random", 1.0, "instead"),
@@ -48,6 +50,13 @@ WAYS: dict[str, tuple[float, float, str, float, str]] = {
     "0.15, always with the box": (0.15, 1.0, "random", 1.0, "instead"),
     "0.3, with the box, clicks on the box's errors": (0.3, 1.0, "errors", 1.0, "instead"),
     "0.15, with the box, clicks on the box's errors": (0.15, 1.0, "errors", 1.0, "instead"),
+    "0.15, with the box and its logits, clicks on its errors": (
+        0.15,
+        1.0,
+        "errors+logits",
+        1.0,
+        "instead",
+    ),  # fmt: skip
     "0.3, with the box, loss x0.5": (0.3, 1.0, "random", 0.5, "instead"),
     "0.3, with the box, added to the box loss": (0.3, 1.0, "random", 1.0, "added"),
     "0.3, with the box, errors, added to the box loss": (0.3, 1.0, "errors", 1.0, "added"),
@@ -91,16 +100,17 @@ def patch_way(way: str) -> float:
         if not (s.point_share > 0 and float(torch.rand(1, generator=gen)) < s.point_share):
             return tr.dice_bce(backbone.decode(za, boxes, decoder=decoder)[0][:, 0], tg)
         box_logits = None
-        if clicks == "errors" or mode == "added":
+        if clicks.startswith("errors") or mode == "added":
             with torch.set_grad_enabled(mode == "added"):
                 box_logits, _ = backbone.decode(za, boxes, decoder=decoder)
-        if clicks == "errors":
+        if clicks.startswith("errors"):
             lo = box_logits.detach()[:, 0].float().cpu()
             pts, lab = error_points(lo, targets, backbone.input_size, gen)
         else:
             pts, lab = sample_points(targets, boxes.cpu(), backbone.input_size, gen)
         keep = box_share >= 1 or float(torch.rand(1, generator=gen)) < box_share
-        logits, _ = backbone.decode(za, boxes if keep else None, pts, lab, decoder=decoder)
+        prev = box_logits.detach().float() if clicks == "errors+logits" else None
+        logits, _ = backbone.decode(za, boxes if keep else None, pts, lab, prev, decoder=decoder)
         loss = weight * tr.dice_bce(logits[:, 0], tg)
         if mode == "added":
             loss = loss + tr.dice_bce(box_logits[:, 0], tg)
