@@ -73,13 +73,27 @@ def use_bf16(s: LearnSettings, backbone: Backbone) -> bool:
 def _point_logits(
     backbone: Backbone, za: torch.Tensor, boxes: torch.Tensor, targets: torch.Tensor, gen, decoder
 ) -> torch.Tensor:
-    """Logits of a batch prompted with random clicks, with its boxes half of the time."""
+    """Logits of a batch prompted with its (jittered) boxes and 1-3 random clicks: a click in
+    the product always comes with its object's box (``Predictor.sam_prompts``,
+    ``ClickSession(mode="points")``). Clicks without the box cost box-only quality
+    (docs/benchmark-interactive.md, "Training with point prompts")."""
     from casam.prompts import sample_points
 
     pts, lab = sample_points(targets, boxes.cpu(), backbone.input_size, gen)
-    keep_box = float(torch.rand(1, generator=gen)) < 0.5
-    logits, _ = backbone.decode(za, boxes if keep_box else None, pts, lab, decoder=decoder)
+    logits, _ = backbone.decode(za, boxes, pts, lab, decoder=decoder)
     return logits
+
+
+def _batch_loss(
+    backbone: Backbone, za: torch.Tensor, boxes: torch.Tensor, targets: torch.Tensor,
+    s: LearnSettings, gen: torch.Generator, decoder,
+) -> torch.Tensor:  # fmt: skip
+    """The loss of one training batch (its aligned embeddings ``za``, jittered ``boxes``)."""
+    if s.point_share > 0 and float(torch.rand(1, generator=gen)) < s.point_share:
+        logits = _point_logits(backbone, za, boxes, targets, gen, decoder)
+    else:
+        logits, _ = backbone.decode(za, boxes, decoder=decoder)
+    return dice_bce(logits[:, 0], targets.to(backbone.device))
 
 
 def train_alignment(
@@ -128,11 +142,7 @@ def train_alignment(
             )
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 za = layer(z[where[idx]].to(backbone.device))
-                if s.point_share > 0 and float(torch.rand(1, generator=gen)) < s.point_share:
-                    logits = _point_logits(backbone, za, bx, targets[idx], gen, decoder)
-                else:
-                    logits, _ = backbone.decode(za, bx, decoder=decoder)
-            loss = dice_bce(logits[:, 0], targets[idx].to(backbone.device))
+                loss = _batch_loss(backbone, za, bx, targets[idx], s, gen, decoder)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
