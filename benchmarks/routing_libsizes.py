@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import HERE, machine  # noqa: E402
 
+BEGIN, END = "<!-- routing_libsizes.py: begin -->", "<!-- routing_libsizes.py: end -->"
 FLOORS = (0.0, 0.015, 0.0175, 0.02, 0.0225, 0.025, 0.0275, 0.03)
 COUNTS = ("own", "n_own", "wrong", "cross", "same", "n_absent", "ood", "n_ood")
 
@@ -167,12 +168,7 @@ def main(argv=None) -> int:
     Path(args.json).write_text(json.dumps(run, indent=1))
     section = render(run)
     if args.md:
-        write_section(
-            Path(args.md),
-            section,
-            "<!-- routing_libsizes.py: begin -->",
-            "<!-- routing_libsizes.py: end -->",
-        )
+        write_section(Path(args.md), section, BEGIN, END)
     print(section)
     return 0
 
