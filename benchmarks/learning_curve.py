@@ -42,6 +42,8 @@ from _common import (  # noqa: E402
     train_layer,
 )
 
+from casam.config import LearnSettings  # noqa: E402
+
 SIZES = (5, 10, 20, 40)
 TASKS = {
     "CT liver": "organ",
@@ -50,7 +52,11 @@ TASKS = {
     "CT lung tumour": "lesion",
 }
 VARIANT_SIZE = 10
-VARIANTS = {"epochs x2": {"epochs": 16}, "points 30%": {"point_share": 0.3}}
+#: lesion variants at VARIANT_SIZE slices: twice the default schedule's epochs, click prompts
+VARIANTS = {
+    "epochs x2": {"epochs": 2 * LearnSettings().epochs},
+    "points 30%": {"point_share": 0.3},
+}
 BEGIN, END = "<!-- learning_curve.py: begin -->", "<!-- learning_curve.py: end -->"
 
 
@@ -169,7 +175,8 @@ def render(run: dict) -> str:
     L.append(
         "Held-out IoU gain over plain SAM (IoU points, mean over the task's test split, "
         "ground-truth boxes) of an Alignment Layer trained on N slices with the default schedule "
-        "(8 epochs, 1 block). Lesion test splits are another patient. "
+        f"({LearnSettings().epochs} epochs, {LearnSettings().blocks} block). Lesion test splits "
+        "are another patient. "
         f"Seeds: {sorted({q['seed'] for q in pts})}; machine: {m.get('cpu')}, 1 thread, load "
         f"average {m.get('load_avg_1m_at_start')} at start, {m.get('load_avg_1m_at_end')} at end "
         "(times are not figures of record).\n"
