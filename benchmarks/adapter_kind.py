@@ -32,6 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import EMB_CACHE, HERE, box_of, machine  # noqa: E402
 
 KINDS = ("alignment", "decoder")
+#: its section of docs/benchmark-quality.md (written by hand from the JSON; quality.py keeps it)
+BEGIN, END = "<!-- adapter_kind.py: begin -->", "<!-- adapter_kind.py: end -->"
 
 
 def score(p, pairs, task: str) -> float | None:
