@@ -200,7 +200,10 @@ def _evaluate(
 ) -> Generator[Progress, None, dict[float, tuple[float, float]]]:
     """Held-out (mean IoU, mean Boundary IoU) of the adapter at each of ``strengths`` (0: plain
     SAM, always scored); one Progress per held-out object. Empty without held-out objects."""
-    cands = {0.0: None, **{float(a): with_strength(adapter, a, backbone) for a in strengths if a}}
+    cands: dict[float, TaskAdapter | None] = {0.0: None}  # None: plain SAM
+    for a in strengths:
+        if a:  # at 1 the adapter as trained (no copy)
+            cands[float(a)] = adapter if a == 1 else with_strength(adapter, a, backbone)
     scores: dict[float, list[tuple[float, float]]] = {a: [] for a in cands}
     for k, x in enumerate(hold_samples):
         e = emb[x.image]
@@ -208,9 +211,8 @@ def _evaluate(
         z = e.z[None].to(backbone.device)
         with torch.no_grad():
             for a, cand in cands.items():
-                logits = (backbone.decode(z, bt) if cand is None else cand.decode(backbone, z, bt))[
-                    0
-                ]
+                out = backbone.decode(z, bt) if cand is None else cand.decode(backbone, z, bt)
+                logits = out[0]
                 pred = (backbone.upscale_masks(logits, e.geometry)[0] > 0).cpu().numpy()
                 scores[a].append((iou(pred, x.mask), boundary_iou(pred, x.mask)))
         yield Progress("evaluate", k + 1, len(hold_samples))
