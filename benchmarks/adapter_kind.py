@@ -25,26 +25,18 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import EMB_CACHE, HERE, box_of, machine  # noqa: E402
+from _common import EMB_CACHE, HERE, heldout_iou, machine  # noqa: E402
 
 KINDS = ("alignment", "decoder")
 #: its section of docs/benchmark-quality.md (written by hand from the JSON; quality.py keeps it)
 BEGIN, END = "<!-- adapter_kind.py: begin -->", "<!-- adapter_kind.py: end -->"
 
 
-def score(p, pairs, task: str) -> float | None:
-    """Mean IoU in points of ``task`` ("sam": plain SAM) on (image, mask) pairs."""
-    from casam.metrics import iou
-
-    out = []
-    for img, m in pairs:
-        gt = np.asarray(m) > 0
-        out.append(iou(p.predict_embedding(p.embed(img), box_of(gt), task).masks[0], gt))
-    return round(100 * float(np.mean(out)), 2) if out else None
+def score(p, pairs, task: str | None) -> float | None:
+    """Mean IoU in points of ``task`` (None: plain SAM) on (image, mask) pairs; None if none."""
+    return round(100 * heldout_iou(p, pairs, task)[0], 2) if pairs else None
 
 
 def main(argv=None) -> int:
@@ -68,7 +60,7 @@ def main(argv=None) -> int:
         aug = rd.augmented_pairs(t.val, 2, seed=100 + i) if t.val else []
         row = {}
         for split, pairs in (("val", t.val), ("valaug", aug), ("test", t.test)):
-            row[split] = {"sam": score(preds["alignment"], pairs, "sam")}
+            row[split] = {"sam": score(preds["alignment"], pairs, None)}
             row[split].update({k: score(p, pairs, t.name) for k, p in preds.items()})
         run.setdefault("tasks", {})[t.name] = row
         print(t.name, json.dumps(row), flush=True)

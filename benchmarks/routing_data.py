@@ -34,6 +34,7 @@ class RTask:
     val: list
     test: list
     split: str
+    modality: str  # datasets.Task.modality: CT, MR, fluorescence microscopy
 
 
 def _reformat_tasks(cache) -> list[datasets.Task]:
@@ -59,7 +60,7 @@ def routing_tasks(cache=None, max_train: int = 16, max_val: int = 8) -> list[RTa
         ids = {id(p[0]) for p in fit}
         val = evenly([p for p in t.train if id(p[0]) not in ids], max_val)
         kind = "lesion" if ("tumour" in t.name or "lesion" in t.name) else "organ"
-        out.append(RTask(t.name, kind, fit, val, list(t.test), t.split))
+        out.append(RTask(t.name, kind, fit, val, list(t.test), t.split, t.modality))
     return out
 
 

@@ -43,16 +43,13 @@ FLOORS = (0.0, 0.015, 0.0175, 0.02, 0.0225, 0.025, 0.0275, 0.03)
 COUNTS = ("own", "n_own", "wrong", "cross", "same", "n_absent", "ood", "n_ood")
 
 
-def modality(task_name: str) -> str:
-    return task_name.split()[0]  # "CT liver" -> CT, "MR spleen" -> MR, "microscopy nuclei"
-
-
 def route_library(data: dict, tasks, d, split: str, cache: dict) -> dict[str, int]:
     """Counts of one library's routing of ``split`` (see the module docstring)."""
     import routing_designs as rdz
 
     lib = dict(data, tasks=list(tasks))
     model = rdz.fitted(d, lib, cache)
+    modality = {t.name: t.modality for t in data["tasks"]}
     c = dict.fromkeys(COUNTS, 0)
     for t in data["tasks"]:
         routes, _ = rdz.routes_of(model, lib, t.name, split, d)
@@ -64,7 +61,7 @@ def route_library(data: dict, tasks, d, split: str, cache: dict) -> dict[str, in
             c["n_absent"] += len(routes)
             for r in routes:
                 if r is not None:
-                    c["same" if modality(r) == modality(t.name) else "cross"] += 1
+                    c["same" if modality[r] == t.modality else "cross"] += 1
     if split != "valaug":
         routes, _ = rdz.routes_of(model, lib, "ood", split, d)
         c["ood"] += sum(r is not None for r in routes)
