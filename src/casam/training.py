@@ -343,7 +343,10 @@ def _augmented(
     """``s.augment`` augmented copies of each training image (``casam.augment``), numbered
     ``len(images)`` on, and their samples: each object's mask moved with its copy (an object
     moved out of the copy is dropped, and so is a copy left without objects). Deterministic:
-    copy c of the k-th training image draws from ``copy_rng(s.seed, k, c)``."""
+    copy c of the k-th training image draws from ``copy_rng(s.seed, k, c)``. A copy is float32
+    (windowed again by ``casam.preprocess``, as any non-``uint8`` slice, e.g. CT in HU), except
+    the copy of a ``uint8`` image: ``uint8`` too, so it is taken as is (``/255``) like its
+    image instead of being stretched to its percentiles."""
     from casam.augment import augment_masks, copy_rng
 
     if s.augment <= 0:
@@ -355,6 +358,8 @@ def _augmented(
     for k, i in enumerate(order):
         for c in range(s.augment):
             img, moved = augment_masks(images[i], by_image.get(i, []), copy_rng(s.seed, k, c))
+            if np.asarray(images[i]).dtype == np.uint8:  # embedded as /255, as the image is,
+                img = np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)  # not re-windowed
             moved = [m for m in moved if m.any()]
             if moved:
                 j = len(images) + len(extra)
