@@ -186,14 +186,11 @@ def table(run: dict) -> str:
     d = decide(run)
     lines = [f"Seeds averaged: {', '.join(seeds) or 'none complete'}", ""]
     for key in ("val", "valaug", "test"):
-        if not seeds or any(
-            means(run, v, seeds, key)[n] is None
-            for v in VARIANTS
-            for n in run["sam"]
-            if run["sam"][n].get(key) is not None
-        ):
+        names = [n for n in run.get("sam", {}) if run["sam"][n].get(key) is not None]
+        if not seeds or not names:
             continue
-        names = [n for n in run["sam"] if run["sam"][n].get(key) is not None]
+        if any(means(run, v, seeds, key)[n] is None for v in VARIANTS for n in names):
+            continue
         lines += [f"**{key}** (IoU %, gain over plain SAM in brackets)", ""]
         lines += ["| task | SAM | " + " | ".join(VARIANTS) + " |"]
         lines += ["|---|---:|" + "---:|" * len(VARIANTS)]
