@@ -23,6 +23,8 @@ import datasets
 import numpy as np
 from _common import evenly
 
+from casam.augment import augment_pair
+
 EXTRA_TASKS = (("CT spleen coronal", "coronal", (1,)), ("CT kidney sagittal", "sagittal", (2, 3)))
 
 
@@ -71,33 +73,6 @@ def augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """One random variant of a slice: intensity window and gamma, noise, a small shift and scale,
     a left-right flip (p = 0.5). Same dtype and shape as ``image`` (float for integer inputs)."""
     return augment_pair(image, None, rng)[0]
-
-
-def augment_pair(
-    image: np.ndarray, mask: np.ndarray | None, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """``augment`` (the same draws, so the same image for the same ``rng``) and the mask moved
-    with it (nearest neighbour, outside the image: background)."""
-    from skimage.transform import AffineTransform, warp
-
-    x = image.astype(np.float64)
-    lo, hi = np.percentile(x, [rng.uniform(0, 3), rng.uniform(97, 100)])
-    u = np.clip((x - lo) / max(hi - lo, 1e-9), 0, 1) ** rng.uniform(0.7, 1.4)
-    u = u + rng.normal(0, rng.uniform(0.0, 0.03), u.shape)
-    h, w = u.shape[:2]
-    s = rng.uniform(0.9, 1.1)
-    shift = rng.uniform(-0.05, 0.05, 2) * (w, h)
-    c = np.array([w / 2, h / 2])
-    tf = AffineTransform(scale=s, translation=c - s * c + shift)
-    u = warp(u, tf.inverse, mode="edge", preserve_range=True)
-    m = None
-    if mask is not None:
-        m = warp(np.asarray(mask, float), tf.inverse, order=0, mode="constant", cval=0.0) > 0.5
-    if rng.random() < 0.5:
-        u = u[:, ::-1]
-        m = None if m is None else m[:, ::-1]
-    m = None if m is None else np.ascontiguousarray(m)
-    return np.ascontiguousarray(u.astype(np.float32)), m
 
 
 def augmented(pairs, copies: int, seed: int) -> list[np.ndarray]:

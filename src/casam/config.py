@@ -61,6 +61,14 @@ class LearnSettings:
     seed spread (-0.4 points, three seeds) but lowers no NoC@90, 0.3 costs 1.7 points of box
     IoU, and clicks without the box (the first version) 3.9 (docs/benchmark-interactive.md,
     "Training with point prompts"). The product's click rule (``casam.correct``) needs none."""
+    augment: int = 0
+    """Augmented copies of each training image the adapter also trains on (``casam.augment``:
+    intensity window and gamma, noise, a small shift and scale, a left-right flip; the image's
+    masks move along; each copy is embedded like a slice). Held-out images are never
+    augmented, and the router and its threshold see the real images only. Meant to keep the
+    adapter from fitting one patient's appearance; it costs ``augment`` x the training images
+    in encoder calls and (1 + ``augment``) x the training steps. 0: the real images only
+    (benchmarks/train_augment.py measures it; a task stored without this setting had none)."""
     bf16: bool | None = None
     """Train in bfloat16 autocast; None = when the CPU has native bf16 (AMX/AVX512-BF16)."""
     vae_steps: int = 600
@@ -116,6 +124,7 @@ class LearnSettings:
             ("adapter-bottleneck", 1 <= self.adapter_bottleneck <= 256, "in [1, 256]"),
             ("blocks", self.blocks >= 1, "at least 1"),
             ("epochs", self.epochs >= 1, "at least 1"),
+            ("augment", 0 <= self.augment <= 16, "between 0 and 16"),
             ("batch-size", self.batch_size >= 1, "at least 1"),
             ("lr", 0 < self.lr < 1, "between 0 and 1"),
             ("vae-steps", self.vae_steps >= 1, "at least 1"),
@@ -160,7 +169,8 @@ class LearnSettings:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LearnSettings:
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        # a task stored before ``augment`` existed was learned from its real images only
+        return cls(**{"augment": 0, **{k: v for k, v in d.items() if k in known}})
 
 
 def user_data_dir() -> Path:

@@ -318,8 +318,12 @@ def _plan(predictor, images, used, samples, train_img, hold_img, s: LearnSetting
     from casam.estimate import estimate_learn
 
     _, train, hold = _split(used, samples, train_img, hold_img)
+    # augmented copies: ``augment`` more encoder calls per training image, and about as many
+    # more training objects (an object moved out of its copy is dropped)
+    n_images = len(used) + s.augment * len(train_img)
+    n_train = len(train) * (1 + s.augment)
     est = estimate_learn(
-        predictor, images[used[0]], len(used), len(train), len(train_img), len(hold), s
+        predictor, images[used[0]], n_images, n_train, len(train_img), len(hold), s
     )
     return Progress("plan", 1, 1, message=str(est), estimate=est)
 
@@ -331,6 +335,37 @@ def _embed_all(predictor: Predictor, images, used: list[int]) -> Generator[Progr
         emb[used[j]] = e
         yield Progress("embed", k + 1, len(used), message=f"image {k + 1}/{len(used)}")
     return emb
+
+
+def _augmented(
+    images, order: list[int], train_samples: list[Sample], s: LearnSettings
+) -> tuple[list[np.ndarray], list[Sample]]:
+    """``s.augment`` augmented copies of each training image (``casam.augment``), numbered
+    ``len(images)`` on, and their samples: each object's mask moved with its copy (an object
+    moved out of the copy is dropped, and so is a copy left without objects). Deterministic:
+    copy c of the k-th training image draws from ``copy_rng(s.seed, k, c)``. A copy is float32
+    (windowed again by ``casam.preprocess``, as any non-``uint8`` slice, e.g. CT in HU), except
+    the copy of a ``uint8`` image: ``uint8`` too, so it is taken as is (``/255``) like its
+    image instead of being stretched to its percentiles."""
+    from casam.augment import augment_masks, copy_rng
+
+    if s.augment <= 0:
+        return [], []
+    by_image: dict[int, list[np.ndarray]] = {}
+    for x in train_samples:
+        by_image.setdefault(x.image, []).append(x.mask)
+    extra, extra_samples = [], []
+    for k, i in enumerate(order):
+        for c in range(s.augment):
+            img, moved = augment_masks(images[i], by_image.get(i, []), copy_rng(s.seed, k, c))
+            if np.asarray(images[i]).dtype == np.uint8:  # embedded as /255, as the image is,
+                img = np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)  # not re-windowed
+            moved = [m for m in moved if m.any()]
+            if moved:
+                j = len(images) + len(extra)
+                extra.append(img)
+                extra_samples.extend(Sample(j, m) for m in moved)
+    return extra, extra_samples
 
 
 def iter_learn_task(
@@ -379,10 +414,17 @@ def iter_learn_task(
     torch.manual_seed(s.seed)
     gen = torch.Generator().manual_seed(s.seed)
 
-    emb = yield from _embed_all(predictor, images, used)
-
     order, train_samples, hold_samples = _split(used, samples, train_img, hold_img)
-    z_all, boxes, targets, where = _training_tensors(backbone, emb, order, train_samples)
+    # the adapter also trains on augmented copies of the training images (never held-out ones;
+    # the router sees the real images only); embedded in the same stage, counted with them
+    extra, extra_samples = _augmented(images, order, train_samples, s)
+    all_images = [*images, *extra]
+    extra_idx = list(range(len(images), len(all_images)))
+    emb = yield from _embed_all(predictor, all_images, [*used, *extra_idx])
+
+    z_all, boxes, targets, where = _training_tensors(
+        backbone, emb, [*order, *extra_idx], [*train_samples, *extra_samples]
+    )
 
     # the adapter (of the settings' kind, an extended task's own), through the frozen decoder;
     # then the VAE router and its threshold
