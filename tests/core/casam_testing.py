@@ -157,10 +157,11 @@ class TinyBackbone:
 
 
 def tiny_settings(**kw):
-    """A schedule that learns 2-3 small images in seconds (one Alignment Layer step)."""
+    """A schedule that learns 2-3 small images in seconds (one Alignment Layer step; no
+    augmented copies unless asked)."""
     from casam.config import LearnSettings
 
-    base = dict(epochs=1, vae_steps=50, holdout=0, bf16=False, min_images=2, folds=2)
+    base = dict(epochs=1, vae_steps=50, holdout=0, bf16=False, min_images=2, folds=2, augment=0)
     base.update(kw)
     return LearnSettings(**base)
 

@@ -318,3 +318,21 @@ def test_segment_refuses_bad_input_before_building_a_model(
     argv = ["segment", str(files / "one.npy"), "--library", str(files / "lib")]
     code, _, err = run(capsys, *argv, *[a.format(d=files) for a in extra])
     assert_one_line_error(code, err, *needles)
+
+
+def test_learn_takes_the_augmented_copies_option_and_the_paper_has_none():
+    from casam.cli.commands import _learn_settings
+    from casam.cli.parser import build_parser
+    from casam.config import LearnSettings
+
+    base = ["learn", "--name", "T", "--images", "i.npy", "--masks", "m.npy"]
+    parse = build_parser().parse_args
+    assert _learn_settings(parse(base)).augment == LearnSettings().augment == 1
+    assert _learn_settings(parse([*base, "--augment", "0"])).augment == 0
+    assert _learn_settings(parse([*base, "--augment", "3", "--epochs", "2"])).to_dict() == {
+        **LearnSettings().to_dict(),
+        "augment": 3,
+        "epochs": 2,
+    }
+    assert _learn_settings(parse([*base, "--paper"])).augment == 0
+    assert LearnSettings.from_dict({"epochs": 4}).augment == 0  # a task stored before copies

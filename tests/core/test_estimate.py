@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import pytest
 from casam_testing import TinyBackbone, disk_images, tiny_settings
 
 from casam.cli.learn_progress import LearnDisplay
@@ -14,19 +15,21 @@ from casam.progress import duration
 from casam.training import iter_learn_task
 
 
-def test_the_plan_comes_first_and_counts_the_steps_the_training_takes(tmp_path):
+@pytest.mark.parametrize("augment", [0, 1])
+def test_the_plan_comes_first_and_counts_the_steps_the_training_takes(tmp_path, augment):
     lib = TaskLibrary(tmp_path / "lib")
     p = Predictor(backbone=TinyBackbone(), library=lib)
     images, masks = disk_images(5)
-    s = tiny_settings(epochs=3, batch_size=2)
+    s = tiny_settings(epochs=3, batch_size=2, augment=augment)
     events = list(iter_learn_task(images, masks, "X", predictor=p, settings=s, estimate=True))
     plan = events[0]
     assert plan.stage == "plan" and [e.stage for e in events].count("plan") == 1
     est = plan.estimate
     aligns = [e for e in events if e.stage == "align"]
-    assert est.n_steps == len(aligns) == aligns[-1].total == 9  # 5 objects / 2 x 3 epochs
-    assert est.n_embed == 5
-    assert min(est.embed_s, est.step_s, est.router_s) > 0 and est.total > est.step_s * 9
+    steps = 3 * -(-5 * (1 + augment) // 2)  # 5 objects (and a copy of each) / 2 x 3 epochs
+    assert est.n_steps == len(aligns) == aligns[-1].total == steps
+    assert est.n_embed == 5 * (1 + augment) == [e for e in events if e.stage == "embed"][-1].total
+    assert min(est.embed_s, est.step_s, est.router_s) > 0 and est.total > est.step_s * steps
     assert plan.message == str(est) and "training steps" in plan.message
     assert lib.names() == ["X"]  # the probes changed nothing of the learning itself
 

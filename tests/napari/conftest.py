@@ -24,7 +24,7 @@ guard_triton()  # as the dock does: triton + Mesa's LLVM in one process crash (s
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 LEARN_SLICES = list(range(0, 24, 2))  # 12 CT spleen slices for training; 25.. stay unseen
-TINY = {"epochs": 1, "vae_steps": 200}
+TINY = {"epochs": 1, "vae_steps": 200, "augment": 0}
 
 
 def read_task(name: str) -> tuple[np.ndarray, np.ndarray]:

@@ -21,7 +21,7 @@ FLAGS = {
     "backbone": "--backbone",
     **{
         k: "--" + k.replace("_", "-")
-        for k in ("blocks", "epochs", "lr", "batch_size", "vae_steps", "holdout", "seed")
+        for k in ("blocks", "epochs", "augment", "lr", "batch_size", "vae_steps", "holdout", "seed")
     },
     "threshold_margin": "--threshold-margin",
     "adapter": "--adapter",

@@ -70,7 +70,17 @@ def _learn_settings(args: argparse.Namespace) -> Any:
     from casam.config import LearnSettings
 
     base = LearnSettings.paper() if args.paper else LearnSettings()
-    names = ("adapter", "blocks", "epochs", "lr", "batch_size", "vae_steps", "holdout", "seed")
+    names = (
+        "adapter",
+        "blocks",
+        "epochs",
+        "augment",
+        "lr",
+        "batch_size",
+        "vae_steps",
+        "holdout",
+        "seed",
+    )
     overrides = {
         k: getattr(args, k) for k in (*names, "threshold_margin") if getattr(args, k) is not None
     }

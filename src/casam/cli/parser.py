@@ -107,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--blocks", type=int, help="CAResBlocks in the Alignment Layer")
     sp.add_argument("--epochs", type=int)
+    sp.add_argument(
+        "--augment",
+        type=int,
+        help="augmented copies of each training slice the layer also trains on (default 1; "
+        "0: the real slices only)",
+    )
     sp.add_argument("--lr", type=float)
     sp.add_argument("--batch-size", type=int)
     sp.add_argument("--vae-steps", type=int)
