@@ -178,7 +178,10 @@ def _resolve(
             {
                 **previous.info.settings,
                 "adapter": previous.info.adapter,  # an extended task keeps its kind
-                **{k: v for k, v in s.to_dict().items() if k in ("epochs", "lr", "seed")},
+                # the schedule of this learn: epochs and copies go together
+                **{
+                    k: v for k, v in s.to_dict().items() if k in ("epochs", "augment", "lr", "seed")
+                },
             }
         )
     elif not overwrite:
