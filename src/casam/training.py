@@ -178,7 +178,7 @@ def _resolve(
             {
                 **previous.info.settings,
                 "adapter": previous.info.adapter,  # an extended task keeps its kind
-                # the schedule is the caller's (epochs go with the augmented copies)
+                # the schedule of this learn: epochs and copies go together
                 **{
                     k: v for k, v in s.to_dict().items() if k in ("epochs", "augment", "lr", "seed")
                 },

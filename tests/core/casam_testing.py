@@ -157,11 +157,11 @@ class TinyBackbone:
 
 
 def tiny_settings(**kw):
-    """A schedule that learns 2-3 small images in seconds (one Alignment Layer step; no
-    augmented copies unless asked)."""
+    """A schedule that learns 2-3 small images in seconds (one Alignment Layer step)."""
     from casam.config import LearnSettings
 
-    base = dict(epochs=1, vae_steps=50, holdout=0, bf16=False, min_images=2, folds=2, augment=0)
+    # no augmented copies unless a test asks for them (tests/core/test_augment.py)
+    base = dict(epochs=1, augment=0, vae_steps=50, holdout=0, bf16=False, min_images=2, folds=2)
     base.update(kw)
     return LearnSettings(**base)
 

@@ -327,7 +327,7 @@ def test_learn_takes_the_augmented_copies_option_and_the_paper_has_none():
 
     base = ["learn", "--name", "T", "--images", "i.npy", "--masks", "m.npy"]
     parse = build_parser().parse_args
-    assert _learn_settings(parse(base)).augment == LearnSettings().augment == 1
+    assert _learn_settings(parse(base)).augment == LearnSettings().augment == 2
     assert _learn_settings(parse([*base, "--augment", "0"])).augment == 0
     assert _learn_settings(parse([*base, "--augment", "3", "--epochs", "2"])).to_dict() == {
         **LearnSettings().to_dict(),

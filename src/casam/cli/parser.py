@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--augment",
         type=int,
-        help="augmented copies of each training slice the layer also trains on (default 1; "
+        help="augmented copies of each training slice the layer also trains on (default 2; "
         "0: the real slices only)",
     )
     sp.add_argument("--lr", type=float)
