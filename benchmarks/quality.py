@@ -521,16 +521,25 @@ def main(argv=None) -> int:
 
 def write_md(md: Path, text: str) -> None:
     """Write the report, keeping the sections that ``routing.py``, ``routing_libsizes.py``,
-    ``learning_curve.py``, ``baselines.py`` and ``adapter_kind.py`` maintain in the same file
-    (in that order)."""
+    ``learning_curve.py``, ``baselines.py``, ``adapter_kind.py`` and ``train_augment.py``
+    maintain in the same file (in that order)."""
     import _baselines_report
     import adapter_kind
     import learning_curve
     import routing
     import routing_libsizes
+    import train_augment
 
     old = md.read_text() if md.is_file() else ""
-    for mod in (routing, routing_libsizes, learning_curve, _baselines_report, adapter_kind):
+    mods = (
+        routing,
+        routing_libsizes,
+        learning_curve,
+        _baselines_report,
+        adapter_kind,
+        train_augment,
+    )
+    for mod in mods:
         if mod.BEGIN in old and mod.END in old:
             text += "\n" + old[old.index(mod.BEGIN) : old.index(mod.END) + len(mod.END)] + "\n"
     md.write_text(text)

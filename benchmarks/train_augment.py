@@ -54,6 +54,8 @@ ALL = {**VARIANTS, **EXTRA}
 RUN_ORDER = ("a0", "a2e6", "a1", "a2")  # cheapest first
 WORK = Path(os.environ.get("CASAM_BENCH_WORK", "~/.cache/napari-casam/bench-aug")).expanduser()
 JSON = HERE / "results" / "train-augment.json"
+#: its section of docs/benchmark-quality.md (written by hand from --table; quality.py keeps it)
+BEGIN, END = "<!-- train_augment.py: begin -->", "<!-- train_augment.py: end -->"
 
 
 def score(p, pairs, task: str | None) -> float | None:
