@@ -138,8 +138,20 @@ class Samples:
         return self.z.shape[0]
 
     @classmethod
-    def from_pairs(cls, predictor, pairs) -> Samples:
+    def from_pairs(cls, predictor, pairs, settings=None) -> Samples:
+        """The (image, mask) pairs' samples and, with ``settings``, those of its ``augment``
+        copies of each pair, made as ``learn_task`` makes them (``casam.training._augmented``:
+        the same draws for the same seed and order)."""
         bb = predictor.backbone
+        pairs = list(pairs)
+        if settings is not None and settings.augment > 0:
+            from casam.samples import Sample
+            from casam.training import _augmented
+
+            images = [img for img, _ in pairs]
+            real = [Sample(i, np.asarray(m) > 0) for i, (_, m) in enumerate(pairs)]
+            extra, copies = _augmented(images, list(range(len(images))), real, settings)
+            pairs += [(extra[x.image - len(images)], x.mask) for x in copies]
         zs, bxs, tg = [], [], []
         for img, m in pairs:
             e = predictor.embed(img)

@@ -4,7 +4,8 @@
     python benchmarks/learning_curve.py --report-only         # only re-write the report
 
 For each task, an Alignment Layer is trained (``casam.training.train_alignment``, the loop of
-``learn_task``, the library's default schedule) on 5, 10, 20 and 40 training slices (evenly
+``learn_task``, the library's default schedule and its augmented copies of each training slice)
+on 5, 10, 20 and 40 training slices (evenly
 spread over the task's training split, as quality.py picks them; sizes the split cannot give are
 left out), and scored on the task's fixed test split (by patient for the two lesion tasks, so
 the gain is the one a new patient sees): mean IoU with the ground-truth box, minus plain SAM's.
@@ -72,7 +73,7 @@ def training_fingerprint() -> str:
 
     root = Path(casam.__file__).parent
     h = hashlib.sha256()
-    for mod in ("alignment", "training", "config", "sam", "prompts"):
+    for mod in ("alignment", "training", "config", "sam", "prompts", "augment"):
         h.update((root / f"{mod}.py").read_bytes())
     return h.hexdigest()[:16]
 
@@ -101,7 +102,8 @@ def run_point(p, task, pt: dict, sam_iou: float) -> dict:
 
     s = LearnSettings(**VARIANTS.get(pt["variant"], {}), seed=pt["seed"])
     t0 = time.perf_counter()
-    layer = train_layer(p.backbone, Samples.from_pairs(p, evenly(task.train, pt["n"])), s)
+    samples = Samples.from_pairs(p, evenly(task.train, pt["n"]), s)  # with s.augment copies
+    layer = train_layer(p.backbone, samples, s)
     layer.eval()
     ious = [a for a, _ in layer_scores(p, layer, task.test)]
     return {

@@ -412,7 +412,7 @@ def main(argv=None) -> int:
         )
 
     # ---- joint training (order-independent) ------------------------------------------------------
-    samples = {n: Samples.from_pairs(p, train[n]) for n in names}
+    samples = {n: Samples.from_pairs(p, train[n], s) for n in names}
     if old is None:
         joint, joint_s = saved_layer(
             work / "joint.safetensors",
@@ -637,13 +637,13 @@ def train_only(args, p, names, train, s, work, held=None) -> int:
                 s.blocks,
                 "joint training",
                 lambda: train_layer(
-                    bb, Samples.cat([Samples.from_pairs(p, train[n]) for n in names]), s
+                    bb, Samples.cat([Samples.from_pairs(p, train[n], s) for n in names]), s
                 ),
             )
         elif part.startswith("naive-"):
             oname, order = order_list(part[len("naive-") :], names)
             for _ in naive_stages(
-                bb, oname, order, lambda n: Samples.from_pairs(p, train[n]), s, work
+                bb, oname, order, lambda n: Samples.from_pairs(p, train[n], s), s, work
             ):
                 pass
         else:
