@@ -673,14 +673,15 @@ def render(run: dict) -> str:
     )
     L.append(f"- Date: {m['date']}; backbone: `{run['backbone']}` (LiteMedSAM, frozen).")
     L.append(
-        f"- Schedule ({run['schedule']}): {s['blocks']} block(s), {s['epochs']} epochs, batch "
+        f"- Schedule ({run['schedule']}): {s['blocks']} block(s), {s['epochs']} epochs, "
+        f"{s.get('augment', 0)} augmented copies of each training slice, batch "
         f"{s['batch_size']}, "
         f"lr {s['lr']:g}, bf16 {s['bf16']}, box jitter {s['box_jitter']}, VAE {s['vae_steps']} "
         "steps, "
         f"beta {s['beta']}, threshold {s.get('threshold_margin', 1.0):g} x the "
         f"{s['percentile']:g}th percentile "
         f"of the {s['folds']}-fold held-out scores. "
-        "The same schedule for every layer (CA-SAM, naive, joint)."
+        "The same schedule for every layer (CA-SAM, naive, joint) unless a note says otherwise."
     )
     L.append(
         f"- At most {run['max_train']} training slices per task (evenly spread over the task's "
