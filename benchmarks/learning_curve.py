@@ -177,7 +177,8 @@ def render(run: dict) -> str:
     L.append(
         "Held-out IoU gain over plain SAM (IoU points, mean over the task's test split, "
         "ground-truth boxes) of an Alignment Layer trained on N slices with the default schedule "
-        f"({LearnSettings().epochs} epochs, {LearnSettings().blocks} block). Lesion test splits "
+        f"({LearnSettings().epochs} epochs, {LearnSettings().augment} augmented copies of each "
+        f"slice, {LearnSettings().blocks} block). Lesion test splits "
         "are another patient. "
         f"Seeds: {sorted({q['seed'] for q in pts})}; machine: {m.get('cpu')}, 1 thread, load "
         f"average {m.get('load_avg_1m_at_start')} at start, {m.get('load_avg_1m_at_end')} at end "
