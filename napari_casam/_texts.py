@@ -79,7 +79,8 @@ TIPS: dict[str, str] = {
     "against 43). Routing is the same for both; Extend keeps the task's own kind.",
     "mode": "New: a task of a new name. Retrain: learn the named task again from these slices "
     "only. Extend: learn it again from its previous images plus these slices.",
-    "epochs": "Passes over the training objects. More epochs fit better and take longer "
+    "epochs": "Passes over the training objects and their augmented copies (each slice again "
+    "with another contrast, noise, a small shift, a flip). More epochs fit better and take longer "
     "(about 1 s per object per epoch on a laptop CPU).",
     "learn": "Train a task from the image and its masks in the background. The viewer stays "
     "usable.",
