@@ -123,9 +123,9 @@ def train_alignment(
     if layer is None:
         layer = AlignmentLayer(s.blocks)
         layer.set_scale(z)
-    # channels-last: oneDNN's convolutions (the layer's, the decoder's upscaling) run about 8%
-    # faster a step this way on CPU; the layer goes back to the default layout at the end
-    # (what safetensors stores)
+    # channels-last: oneDNN's convolutions (the layer's, the decoder's upscaling) run faster
+    # this way on CPU (learn_s_20's training stage 28.5 -> 24.7 s on the Zen 5); the layer goes
+    # back to the default layout at the end (what safetensors stores)
     cl = torch.channels_last
     layer = layer.to(backbone.device, memory_format=cl).train().requires_grad_(True)
     opt = torch.optim.Adam(layer.parameters(), lr=s.lr)
