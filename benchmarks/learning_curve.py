@@ -172,13 +172,13 @@ def _mean_gain(points: list[dict]) -> str:
 
 def render(run: dict) -> str:
     pts = list(run.get("points", {}).values())
-    m = run.get("machine", {})
+    m, d = run.get("machine", {}), LearnSettings()
     L = ["## Learning curve (`benchmarks/learning_curve.py`)\n"]
     L.append(
         "Held-out IoU gain over plain SAM (IoU points, mean over the task's test split, "
         "ground-truth boxes) of an Alignment Layer trained on N slices with the default schedule "
-        f"({LearnSettings().epochs} epochs, {LearnSettings().augment} augmented copies of each "
-        f"slice, {LearnSettings().blocks} block). Lesion test splits "
+        f"({d.epochs} epochs, {d.augment} augmented copies of each slice, {d.blocks} block). "
+        "Lesion test splits "
         "are another patient. "
         f"Seeds: {sorted({q['seed'] for q in pts})}; machine: {m.get('cpu')}, 1 thread, load "
         f"average {m.get('load_avg_1m_at_start')} at start, {m.get('load_avg_1m_at_end')} at end "

@@ -11,7 +11,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from casam.cli.parser import EXIT_USAGE, build_parser
+from casam.cli.parser import EXIT_USAGE, LEARN_SETTING_OPTIONS, build_parser
 from casam.errors import CasamError, TaskExistsError
 
 #: The option of each error subject (``CasamError.subject``) the CLI has.
@@ -19,10 +19,7 @@ FLAGS = {
     "checkpoint": "--checkpoint PATH",
     "device": "--device",
     "backbone": "--backbone",
-    **{
-        k: "--" + k.replace("_", "-")
-        for k in ("blocks", "epochs", "augment", "lr", "batch_size", "vae_steps", "holdout", "seed")
-    },
+    **{k: "--" + k.replace("_", "-") for k in LEARN_SETTING_OPTIONS},
     "threshold_margin": "--threshold-margin",
     "adapter": "--adapter",
 }

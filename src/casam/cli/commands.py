@@ -70,17 +70,9 @@ def _learn_settings(args: argparse.Namespace) -> Any:
     from casam.config import LearnSettings
 
     base = LearnSettings.paper() if args.paper else LearnSettings()
-    names = (
-        "adapter",
-        "blocks",
-        "epochs",
-        "augment",
-        "lr",
-        "batch_size",
-        "vae_steps",
-        "holdout",
-        "seed",
-    )
+    from casam.cli.parser import LEARN_SETTING_OPTIONS
+
+    names = ("adapter", *LEARN_SETTING_OPTIONS)
     overrides = {
         k: getattr(args, k) for k in (*names, "threshold_margin") if getattr(args, k) is not None
     }

@@ -27,6 +27,21 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+#: ``casam learn``'s schedule options: each is a ``LearnSettings`` field of the same name (its flag
+#: is the name with dashes); ``commands._learn_settings`` reads them, ``cli.FLAGS`` maps errors
+#: about them back to their flag.
+LEARN_SETTING_OPTIONS = (
+    "blocks",
+    "epochs",
+    "augment",
+    "lr",
+    "batch_size",
+    "vae_steps",
+    "holdout",
+    "seed",
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from casam.backbones import BACKBONES
     from casam.routing import DEFAULT_ROUTER, ROUTERS, SCORE_HELP
