@@ -76,7 +76,9 @@ TIPS: dict[str, str] = {
     "adapter": "What the task trains on the frozen SAM. Alignment Layer: a small network on the "
     "image embedding (CA-SAM), better on organs (CT liver IoU 87 against 81). Decoder adapter: "
     "small adapters inside SAM's mask decoder (SAM-DA), better on lesions (MR brain tumour 55 "
-    "against 43). Routing is the same for both; Extend keeps the task's own kind.",
+    "against 43). Automatic: the Alignment Layer, and where it gains under 2 IoU points on the "
+    "held-out slices the decoder adapters too, keeping the better one. Routing is the same for "
+    "all; Extend keeps the task's own kind.",
     "mode": "New: a task of a new name. Retrain: learn the named task again from these slices "
     "only. Extend: learn it again from its previous images plus these slices.",
     "epochs": "Passes over the training objects and their augmented copies (each slice again "
@@ -218,6 +220,7 @@ STAGES = {
     "align": "Training the Alignment Layer",
     "vae": "Training the router",
     "evaluate": "Measuring held-out IoU",
+    "second": "Little gain: trying decoder adapters too",
     "save": "Saving",
 }
 MODES = (
@@ -225,8 +228,9 @@ MODES = (
     ("replace", "Retrain (replace the task)"),
     ("extend", "Extend (add these slices)"),
 )
-#: The adapter kinds a task can train (``casam.config.ADAPTER_KINDS``), in the dock's words.
+#: What a task can train (``casam.config.ADAPTER_CHOICES``), in the dock's words.
 ADAPTERS = (
+    ("auto", "Automatic (the better on held-out slices)"),
     ("alignment", "Alignment Layer (organs)"),
     ("decoder", "Decoder adapter (lesions)"),
 )
@@ -249,7 +253,7 @@ def describe_progress(
     if stage == "align" and adapter == "decoder":
         parts = ["Training the decoder adapters"]
     epoch = getattr(p, "epoch", None)
-    if epoch is not None and stage == "align":
+    if epoch is not None and stage in ("align", "second"):
         parts.append(f"epoch {epoch} of {epochs}" if epochs else f"epoch {epoch}")
     loss = _float(getattr(p, "loss", None))
     if loss is not None:
@@ -327,7 +331,18 @@ def describe_result(info: Any, seconds: float) -> str:
     n = getattr(info, "n_holdout", None)
     on = f" on {n} held-out images" if n else " on held-out images"
     ious = f" IoU{on}: SAM {fmt(info.iou_sam)} → task {fmt(info.iou_task)}."
-    return head + ious + strength_note(info) + "\n" + expected_gain(info)
+    return head + ious + kinds_note(info) + strength_note(info) + "\n" + expected_gain(info)
+
+
+def kinds_note(info: Any) -> str:
+    """Said when learning tried both adapter kinds (``LearnSettings.adapter`` "auto": the
+    Alignment Layer gained little on the held-out images); empty otherwise."""
+    kinds = (getattr(info, "settings", None) or {}).get("kind_iou") or {}
+    if len(kinds) < 2:
+        return ""
+    tried = ", ".join(f"{adapter_title(k)} {fmt(v, 3)}" for k, v in kinds.items())
+    kept = adapter_title(getattr(info, "adapter", "alignment"))
+    return f" Both adapter kinds were tried there ({tried}); the {kept} is kept."
 
 
 def strength_note(info: Any) -> str:

@@ -63,9 +63,9 @@ class LearnModel:
         self.session = session
         self.settings_overrides: dict[str, Any] = {}
         """Extra ``LearnSettings`` fields (tests use a tiny schedule)."""
-        self.adapter = "alignment"
-        """The adapter kind a new or retrained task trains (``casam.config.ADAPTER_KINDS``);
-        an extended task keeps its own (the engine reads it from the task)."""
+        self.adapter = "auto"
+        """What a new or retrained task trains (``casam.config.ADAPTER_CHOICES``: a kind, or
+        "auto"); an extended task keeps its own kind (the engine reads it from the task)."""
         self.worker: Any = None
         self.cancelling = False
         self.last_info: Any = None
@@ -95,11 +95,11 @@ class LearnModel:
         return next((t.adapter for t in tasks if t.name == name), "alignment")
 
     def set_adapter(self, kind: str) -> None:
-        """Choose the adapter kind of the next training (one of ``casam.config.ADAPTER_KINDS``)."""
-        from casam.config import ADAPTER_KINDS
+        """Choose what the next training trains (one of ``casam.config.ADAPTER_CHOICES``)."""
+        from casam.config import ADAPTER_CHOICES
 
-        if kind not in ADAPTER_KINDS:
-            raise ValueError(f"unknown adapter kind {kind!r}; one of {', '.join(ADAPTER_KINDS)}")
+        if kind not in ADAPTER_CHOICES:
+            raise ValueError(f"unknown adapter kind {kind!r}; one of {', '.join(ADAPTER_CHOICES)}")
         self.adapter = kind
 
     def check(self, name: str, mode: str, image: Any, labels: Any) -> str | None:

@@ -21,6 +21,8 @@ TASK_FORMAT_VERSION = 3
 #: keeps reading every Alignment Layer task this one writes and refuses only decoder tasks.
 ADAPTER_FORMATS = {"alignment": 2, "decoder": 3}
 ADAPTER_KINDS = tuple(ADAPTER_FORMATS)
+#: What ``LearnSettings.adapter`` may ask for: a kind, or ``"auto"`` (the learner picks one).
+ADAPTER_CHOICES = ("auto", *ADAPTER_KINDS)
 #: KL weight of the router's VAE (the paper's value); a task stores the one it was trained with.
 DEFAULT_BETA = 16.5
 
@@ -33,11 +35,19 @@ class LearnSettings:
     threshold margin 1.
     """
 
-    adapter: str = "alignment"
+    adapter: str = "auto"
     """What the task trains on the frozen model: ``"alignment"``, the Alignment Layer on the image
     embedding (CA-SAM; best on organs), or ``"decoder"``, bottleneck adapters inside the mask
     decoder's transformer (SAM-DA style, ``casam.decoder_adapter``; best on lesions). Same
-    samples, prompts, schedule and router either way (README, "Two adapter kinds")."""
+    samples, prompts, schedule and router either way (README, "Two adapter kinds").
+    ``"auto"`` (the default): the Alignment Layer, and where its held-out gain over plain SAM
+    is under ``auto_gain``, decoder adapters too; the one with the better held-out IoU is kept
+    (``TaskInfo.adapter`` says which; benchmarks/quality.py, docs/benchmark-quality.md)."""
+    auto_gain: float = 0.02
+    """With ``adapter="auto"``: the held-out IoU gain of the Alignment Layer over plain SAM (at
+    its chosen strength) under which decoder adapters are trained too (0.02: 2 IoU points; a
+    second training at about 0.4x the first's time). Without held-out slices, or when extending
+    a task, no second kind is tried."""
     adapter_bottleneck: int = 32
     """Width of each decoder adapter (kind ``"decoder"``: 9 adapters, 150,048 parameters at 32)."""
     blocks: int = 1
@@ -130,7 +140,8 @@ class LearnSettings:
         from casam.errors import InputError
 
         rules = [
-            ("adapter", self.adapter in ADAPTER_KINDS, f"one of {', '.join(ADAPTER_KINDS)}"),
+            ("adapter", self.adapter in ADAPTER_CHOICES, f"one of {', '.join(ADAPTER_CHOICES)}"),
+            ("auto-gain", 0 <= self.auto_gain <= 1, "in [0, 1]"),
             ("adapter-bottleneck", 1 <= self.adapter_bottleneck <= 256, "in [1, 256]"),
             ("blocks", self.blocks >= 1, "at least 1"),
             ("epochs", self.epochs >= 1, "at least 1"),
@@ -167,10 +178,18 @@ class LearnSettings:
 
     @classmethod
     def paper(cls, **overrides: Any) -> LearnSettings:
-        """The paper's method (method.md): 3 blocks, 24 epochs, batch 6, lr 1e-4, the real
-        images only (no augmented copies), and the threshold at the plain 97th percentile (no
-        margin)."""
-        base = dict(blocks=3, epochs=24, batch_size=6, lr=1e-4, threshold_margin=1.0, augment=0)
+        """The paper's method (method.md): the Alignment Layer with 3 blocks, 24 epochs, batch
+        6, lr 1e-4, the real images only (no augmented copies), and the threshold at the plain
+        97th percentile (no margin)."""
+        base = dict(
+            adapter="alignment",
+            blocks=3,
+            epochs=24,
+            batch_size=6,
+            lr=1e-4,
+            threshold_margin=1.0,
+            augment=0,
+        )
         base.update(overrides)
         return cls(**base)
 
@@ -180,8 +199,10 @@ class LearnSettings:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LearnSettings:
         known = {f.name for f in fields(cls)}
-        # a task stored before ``augment`` existed was learned from its real images only
-        return cls(**{"augment": 0, **{k: v for k, v in d.items() if k in known}})
+        # a task stored before ``augment`` existed was learned from its real images only, and
+        # one stored before ``adapter`` existed has an Alignment Layer
+        old = {"augment": 0, "adapter": "alignment"}
+        return cls(**{**old, **{k: v for k, v in d.items() if k in known}})
 
 
 def user_data_dir() -> Path:

@@ -26,6 +26,9 @@ from casam.config import LearnSettings
 from casam.progress import duration
 
 PROBE_VAE_STEPS = 30
+#: A decoder-adapter training step's time as a share of an Alignment Layer step's (batch 6,
+#: quiet: 307 against 748 ms, ``benchmarks/baselines.py --timing-only``, docs/benchmark-quality.md)
+DECODER_STEP_SHARE = 0.41
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,9 @@ class LearnEstimate:
     n_steps: int
     router_s: float
     evaluate_s: float
+    maybe_s: float = 0.0
+    """What a second adapter kind would add (``LearnSettings.adapter`` "auto", trained only when
+    the Alignment Layer gains little on the held-out slices); not in ``total``."""
 
     @property
     def total(self) -> float:
@@ -50,6 +56,11 @@ class LearnEstimate:
             f"(encoder {self.embed_s:.2g} s x {self.n_embed} images, "
             f"{self.n_steps} training steps x {self.step_s:.2g} s, "
             f"router {duration(self.router_s)}, evaluation {duration(self.evaluate_s)})"
+            + (
+                f"; {duration(self.maybe_s)} more if decoder adapters are tried too"
+                if self.maybe_s
+                else ""
+            )
         )
 
 
@@ -76,13 +87,16 @@ def estimate_learn(
     step_s, decode_s = _layer_seconds(
         predictor.backbone, s, min(s.batch_size, n_train_samples), gen
     )
+    n_steps, evaluate_s = align_steps(n_train_samples, s), decode_s * n_hold_samples
+    second = s.adapter == "auto" and n_hold_samples > 0
     return LearnEstimate(
         embed_s=embed_s,
         n_embed=n_images,
         step_s=step_s,
-        n_steps=align_steps(n_train_samples, s),
+        n_steps=n_steps,
         router_s=_router_seconds(max(n_train_images, s.folds), s, gen),
-        evaluate_s=decode_s * n_hold_samples,
+        evaluate_s=evaluate_s,
+        maybe_s=DECODER_STEP_SHARE * step_s * n_steps + evaluate_s if second else 0.0,
     )
 
 

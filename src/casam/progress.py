@@ -20,7 +20,8 @@ R = TypeVar("R")
 
 @dataclass(frozen=True)
 class Progress:
-    """One step of learning. ``stage`` is plan, embed, align, vae, evaluate or save."""
+    """One step of learning. ``stage`` is plan, embed, align, vae, evaluate, second (a second
+    adapter kind, ``LearnSettings.adapter`` "auto") or save."""
 
     stage: str
     step: int

@@ -1,7 +1,9 @@
 """Learning a task: its adapter through the frozen decoder, VAE router, threshold.
 
-The adapter is an Alignment Layer (``LearnSettings.adapter`` "alignment", the default) or
-decoder adapters ("decoder"): :mod:`casam.task_adapter`; both train in :func:`train_alignment`.
+The adapter is an Alignment Layer (``LearnSettings.adapter`` "alignment") or decoder adapters
+("decoder"): :mod:`casam.task_adapter`; both train in :func:`train_alignment`. The default,
+"auto", trains the Alignment Layer and, where it gains under ``LearnSettings.auto_gain`` on the
+held-out slices, decoder adapters too (Progress stage "second"), keeping the better one.
 
 ``iter_learn_task`` is a generator: it yields ``Progress`` between steps and returns the saved
 ``TaskInfo``. Closing it (or raising out of the loop) between two yields cancels the training
@@ -10,9 +12,11 @@ and leaves the library untouched: the task is only written, atomically, at the v
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Generator, Sequence
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -31,6 +35,8 @@ from casam.samples import Sample, collect_samples, split_holdout
 from casam.task_adapter import TaskAdapter, adapter_of, train_adapter, with_strength
 from casam.task_router import FittedRouter, router_stage
 from casam.task_tensors import router_state
+
+T = TypeVar("T")
 
 
 def dice_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -232,6 +238,24 @@ def _evaluate(
     }
 
 
+def _gain(held: dict[float, tuple[float, float]], strength: float) -> float:
+    """Held-out IoU gain over plain SAM at ``strength``; infinite without held-out slices
+    (nothing to compare: no second adapter kind is tried)."""
+    if not held:
+        return math.inf
+    return held[strength][0] - held[0.0][0]
+
+
+def _as_stage(stage: str, steps: Generator[Progress, None, T]) -> Generator[Progress, None, T]:
+    """``steps`` with each Progress renamed to ``stage`` (a second training reports apart)."""
+    while True:
+        try:
+            pr = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        yield dataclasses.replace(pr, stage=stage)
+
+
 def choose_strength(held: dict[float, tuple[float, float]]) -> float:
     """The strength with the best held-out mean IoU (ties: the stronger); 1 without held-out
     slices. Plain SAM (0) is a candidate, so the task is never below SAM on them."""
@@ -265,9 +289,11 @@ def _task_info(
     held: dict[float, tuple[float, float]],
     strength: float,
     t0: float,
+    kinds: dict[str, float] | None = None,
 ) -> TaskInfo:
     """The metadata of the learned task; ``counts``: training images, objects, held-out images;
-    ``held``: held-out (IoU, BIoU) by strength (0: plain SAM); ``strength``: the one kept."""
+    ``held``: held-out (IoU, BIoU) by strength (0: plain SAM); ``strength``: the one kept;
+    ``kinds``: each adapter kind's held-out IoU when "auto" trained both (else empty)."""
     n_images, n_objects, n_holdout = counts
     sam, task = held.get(0.0, (None, None)), held.get(strength, (None, None))
     means = {"iou_sam": sam[0], "iou_task": task[0], "biou_sam": sam[1], "biou_task": task[1]}
@@ -287,6 +313,7 @@ def _task_info(
             "train_seconds": round(time.perf_counter() - t0, 1),
             "strength": strength,
             "strength_iou": {f"{a:g}": round(v[0], 6) for a, v in held.items()},
+            **({"kind_iou": {k: round(v, 6) for k, v in kinds.items()}} if kinds else {}),
         },
         **means,
     )
@@ -434,24 +461,40 @@ def iter_learn_task(
         backbone, emb, [*order, *extra_idx], [*train_samples, *extra_samples]
     )
 
-    # the adapter (of the settings' kind, an extended task's own), through the frozen decoder;
-    # then the VAE router and its threshold
+    # the adapter (of the settings' kind, an extended task's own; "auto" starts with the
+    # Alignment Layer), through the frozen decoder; then the VAE router and its threshold
     prev = adapter_of(previous, backbone) if previous else None
-    adapter = yield from train_adapter(backbone, z_all, boxes, targets, s, prev, where, gen)
+    first = dataclasses.replace(s, adapter="alignment") if s.adapter == "auto" else s
+    adapter = yield from train_adapter(backbone, z_all, boxes, targets, first, prev, where, gen)
 
     router = yield from router_stage(emb, order, previous, s)
 
     # held-out IoU of plain SAM vs the task (at each strength when the settings choose one:
-    # the best is kept, plain SAM being a candidate); then save, atomically
-    held = yield from _evaluate(
-        backbone, adapter, emb, hold_samples, STRENGTHS if s.choose_strength else (1.0,)
-    )
+    # the best is kept, plain SAM being a candidate)
+    strengths = STRENGTHS if s.choose_strength else (1.0,)
+    held = yield from _evaluate(backbone, adapter, emb, hold_samples, strengths)
     strength = choose_strength(held) if s.choose_strength else 1.0
+    kinds = {}
+    if s.adapter == "auto" and prev is None and _gain(held, strength) < s.auto_gain:
+        # "auto": the Alignment Layer gained little on the held-out slices; decoder adapters
+        # are trained on the same samples, and the better of the two kinds is kept
+        kinds[adapter.kind] = held[strength][0]
+        second = dataclasses.replace(s, adapter="decoder")
+        steps = train_adapter(backbone, z_all, boxes, targets, second, None, where, gen)
+        other = yield from _as_stage("second", steps)
+        held2 = yield from _evaluate(backbone, other, emb, hold_samples, strengths)
+        strength2 = choose_strength(held2) if s.choose_strength else 1.0
+        kinds[other.kind] = held2[strength2][0]
+        if held2[strength2][0] > held[strength][0]:
+            adapter, held, strength = other, held2, strength2
     if strength != 1.0:
         adapter = with_strength(adapter, strength, backbone)
+    # then save, atomically
     yield Progress("save", 0, 1)
     counts = (len(train_img), len(train_samples), len(hold_img))
-    info = _task_info(name, backbone, s, adapter, router, counts, previous, held, strength, t0)
+    info = _task_info(
+        name, backbone, s, adapter, router, counts, previous, held, strength, t0, kinds
+    )
     weights = adapter.state(), router_state(router.vae, router.views)
     saved = lib.save(info, *weights, overwrite=overwrite or extend)
     if predictor.library is not None and predictor.library.root == lib.root:

@@ -87,3 +87,24 @@ def test_bad_or_conflicting_adapter_values_are_one_line(learned, capsys):
     code, _, err = run(capsys, *argv)
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "decoder adapter" in lines[0] and "--adapter" in err
+
+
+def test_auto_tries_both_kinds_says_so_and_keeps_the_better(tmp_path, capsys):
+    import tifffile
+
+    images, masks = tifffile.imread(DATA / "images.tif"), tifffile.imread(DATA / "masks.tif")
+    np.save(tmp_path / "images.npy", images[:8])  # 6 training slices, 2 held out
+    np.save(tmp_path / "masks.npy", masks[:8])
+    files = ["--images", tmp_path / "images.npy", "--masks", tmp_path / "masks.npy"]
+    common = ["--library", tmp_path / "lib", "--cache", tmp_path / "cache"]
+    schedule = ["--epochs", "1", "--vae-steps", "20", "--augment", "0", "--holdout", "0.25"]
+    # --auto-gain 1: any held-out gain is "little", so decoder adapters are always tried
+    argv = ("learn", *common, "--name", "MR auto", *files, *schedule, "--adapter", "auto")
+    code, out, err = run(capsys, *argv, "--auto-gain", "1")
+    assert code == 0, err
+    assert "training decoder adapters too" in err  # the second training's progress lines
+    meta = json.loads((tmp_path / "lib" / "MR auto" / "task.json").read_text())
+    kinds = meta["settings"]["kind_iou"]
+    kept = max(kinds, key=lambda k: (kinds[k], k == "alignment"))
+    assert meta["adapter"] == kept and meta["settings"]["auto_gain"] == 1
+    assert f"{kept} adapter" in out and "adapter kind chosen on them (alignment 0." in out

@@ -115,8 +115,13 @@ class FakeSession:
         yield FakeProgress("plan", 1, 1, message="about 9 s on this machine")
         for epoch in range(1, self.learn_events + 1):
             yield FakeProgress("align", epoch, self.learn_events, epoch, 0.5 / epoch)
+        kind, extra = self.kinds.get(name, settings.adapter), {}
+        if kind == "auto":  # as the engine does when the Alignment Layer gains little
+            for epoch in range(1, self.learn_events + 1):
+                yield FakeProgress("second", epoch, self.learn_events, epoch, 0.4 / epoch)
+            kind, extra = "decoder", {"kind_iou": {"alignment": 0.512, "decoder": 0.9}}
         self.saved.append(name)
-        return FakeInfo(name, adapter=self.kinds.get(name, settings.adapter))
+        return FakeInfo(name, adapter=kind, settings=extra)
 
 
 FakeProgress = Progress  # the engine's own event (casam.progress imports no torch)

@@ -318,13 +318,26 @@ def test_the_adapter_choice_reaches_learn_settings_and_its_words(monkeypatch):
     session = FakeSession(names=["MR tumour"], kinds={"MR tumour": "decoder"})
     model = LearnModel(session)
     model.notify = lambda kind, msg: None
-    assert model.adapter == "alignment"
+    assert model.adapter == "auto"
     with pytest.raises(ValueError):
         model.set_adapter("prompt")
     image, labels = labels_for(SHAPE, [1, 3])
     progress, messages = [], []
     model.progress.connect(lambda text, v, n: progress.append(text))
     model.message.connect(messages.append)
+    # "auto": the engine's second training has its own words, and the result says which kind
+    assert model.start("Nuclei", "new", image, labels, epochs=3)
+    assert session.learn_settings[-1].adapter == "auto"
+    assert any(t.startswith("Training the Alignment Layer · epoch 1 of 3") for t in progress)
+    assert any(
+        t.startswith("Little gain: trying decoder adapters too · epoch 3 of 3") for t in progress
+    )
+    assert "(decoder adapter)." in messages[-1]
+    assert (
+        "Both adapter kinds were tried there (Alignment Layer 0.512, decoder adapter 0.900)"
+        in (messages[-1])
+    )
+    progress.clear()
     model.set_adapter("decoder")
     assert model.start("MR lesion", "new", image, labels, epochs=3)
     assert session.learn_settings[-1].adapter == "decoder"

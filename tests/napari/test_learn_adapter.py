@@ -28,10 +28,12 @@ def test_the_adapter_choice_reaches_learn_settings_and_the_library(
     w.learn.labels.setCurrentText("CT corrected")
     w.learn.settings_overrides = dict(h.TINY)
     combo = w.learn.adapter
-    assert [combo.itemData(i) for i in range(combo.count())] == ["alignment", "decoder"]
-    assert combo.currentData() == "alignment" and "lesions" in combo.itemText(1)
+    assert [combo.itemData(i) for i in range(combo.count())] == ["auto", "alignment", "decoder"]
+    assert combo.currentData() == "auto" and "lesions" in combo.itemText(2)
     combo.setFocus()
     qtbot.keyClick(combo, Qt.Key_Down)  # a closed combo box steps to the next item
+    assert combo.currentData() == "alignment" and w.learn.model.adapter == "alignment"
+    qtbot.keyClick(combo, Qt.Key_Down)
     assert combo.currentData() == "decoder" and w.learn.model.adapter == "decoder"
     seen = []
     session = w.learn.model.session

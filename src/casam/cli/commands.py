@@ -90,7 +90,12 @@ def cmd_learn(args: argparse.Namespace) -> int:
     lib = _library(args)
     if not (args.overwrite or args.extend):
         lib.ensure_free(name)
-    elif args.extend and args.adapter and name in lib and lib.info(name).adapter != args.adapter:
+    elif (
+        args.extend
+        and args.adapter not in (None, "auto")
+        and name in lib
+        and lib.info(name).adapter != args.adapter
+    ):
         raise InputError(
             f"task '{name}' has the {lib.info(name).adapter} adapter and is extended with it; "
             "leave out --adapter (or learn a new task under another name)"
@@ -134,10 +139,23 @@ def cmd_learn(args: argparse.Namespace) -> int:
             if info.settings.get("strength", 1.0) < 1
             else ""
         )
+        + _kinds_note(info.settings.get("kind_iou"))
         + f"; {info.settings.get('train_seconds', 0):.0f} s"
         + (f" (estimated {display.estimate.total:.0f} s)" if display.estimate else "")
     )
     return 0
+
+
+def _kinds_note(kind_iou: dict | None) -> str:
+    """ ", adapter kind chosen on them (alignment 0.856, decoder 0.886)" when "auto" trained
+    both kinds; empty otherwise."""
+    if not kind_iou:
+        return ""
+    return (
+        ", adapter kind chosen on them ("
+        + ", ".join(f"{k} {_fmt(v)}" for k, v in kind_iou.items())
+        + ")"
+    )
 
 
 def _image_slices(paths: Sequence[str]) -> list[tuple[str, np.ndarray]]:

@@ -16,6 +16,7 @@ STAGE_WORDS = {
     "align": "training the Alignment Layer",
     "vae": "fitting the router",
     "evaluate": "evaluating on held-out slices",
+    "second": "training decoder adapters too (the Alignment Layer gained little on them)",
     "save": "saving the task",
 }
 

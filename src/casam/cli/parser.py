@@ -9,7 +9,7 @@ from typing import NoReturn
 from casam import __version__
 from casam.batch_cli import add_options
 from casam.cli import commands as c
-from casam.config import ADAPTER_KINDS
+from casam.config import ADAPTER_CHOICES
 
 EXIT_USAGE = 2
 
@@ -38,6 +38,7 @@ LEARN_SETTING_OPTIONS = (
     "batch_size",
     "vae_steps",
     "holdout",
+    "auto_gain",
     "seed",
 )
 
@@ -114,11 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument(
         "--adapter",
-        choices=ADAPTER_KINDS,
+        choices=ADAPTER_CHOICES,
         default=None,
-        help="what the task trains: alignment = the Alignment Layer on the embedding (default; "
-        "best on organs), decoder = small adapters inside SAM's mask decoder (best on lesions); "
-        "--extend keeps the task's own",
+        help="what the task trains: alignment = the Alignment Layer on the embedding (best on "
+        "organs), decoder = small adapters inside SAM's mask decoder (best on lesions), auto "
+        "(default) = the Alignment Layer, and decoder adapters too where it gains under 2 IoU "
+        "points on the held-out slices, the better one kept; --extend keeps the task's own",
     )
     sp.add_argument("--blocks", type=int, help="CAResBlocks in the Alignment Layer")
     sp.add_argument("--epochs", type=int)
@@ -140,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="routing threshold = this x the 97th percentile of the 5-fold scores; higher "
         "accepts more of a new patient's slices, lower sends more to plain SAM "
         "(default 1.5, paper 1)",
+    )
+    sp.add_argument(
+        "--auto-gain",
+        type=float,
+        help="with --adapter auto: the held-out IoU gain of the Alignment Layer under which "
+        "decoder adapters are trained too (default 0.02)",
     )
     sp.add_argument("--seed", type=int)
     sp.add_argument("--overwrite", action="store_true", help="replace a task of the same name")
