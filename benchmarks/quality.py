@@ -300,6 +300,8 @@ def main(argv=None) -> int:
     p.reload_library()
     run["strength"] = {n: p.task_infos[n].settings.get("strength") for n in names}
     run["strength_iou"] = {n: p.task_infos[n].settings.get("strength_iou") for n in names}
+    run["adapter"] = {n: p.task_infos[n].adapter for n in names}
+    run["kind_iou"] = {n: p.task_infos[n].settings.get("kind_iou") for n in names}
     run["seconds"]["ca_sam_learn"] = round(time.perf_counter() - t0, 1)
     run["ca_sam_learn_seconds"] = learn_seconds
     run["thresholds"] = {n: p.task_infos[n].threshold for n in names}
@@ -711,16 +713,24 @@ def render(run: dict) -> str:
             "layer is tried on its held-out slices (the task's other training slices, at most "
             "8, never trained on; none where every training slice is used) at strengths 0 "
             "(plain SAM), 0.25, 0.5, 0.75 and 1 (as trained), and the best is kept. Held-out "
-            "IoU by strength, and the one kept:\n"
+            'IoU by strength, and the one kept; with adapter "auto", where the Alignment '
+            "Layer gained under `auto_gain` there, decoder adapters were trained too and the "
+            "kind with the better held-out IoU kept (the strengths are the kept kind's):\n"
         )
-        L.append("| task | held-out IoU at 0 / 0.25 / 0.5 / 0.75 / 1 | kept |")
-        L.append("|---|---|---|")
+        L.append("| task | held-out IoU at 0 / 0.25 / 0.5 / 0.75 / 1 | kept | adapter kept |")
+        L.append("|---|---|---|---|")
         for n, a in run["strength"].items():
             ious = run.get("strength_iou", {}).get(n) or {}
             cells = " / ".join(
                 f"{ious[k] * 100:.1f}" for k in ("0", "0.25", "0.5", "0.75", "1") if k in ious
             )
-            L.append(f"| {n} | {cells or 'no held-out slices'} | {a:g} |")
+            kind = (run.get("adapter") or {}).get(n) or "alignment"
+            tried = (run.get("kind_iou") or {}).get(n) or {}
+            if tried:
+                kind += (
+                    " (held-out: " + ", ".join(f"{k} {v * 100:.1f}" for k, v in tried.items()) + ")"
+                )
+            L.append(f"| {n} | {cells or 'no held-out slices'} | {a:g} | {kind} |")
     L.append(
         "\nCT spleen and MR spleen (also in `datasets.load_tasks()`) are left out: their slices "
         "are the "
