@@ -64,6 +64,11 @@ def loads() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
 
 
+#: node name patterns of the OpenVINO export: the patch embedding and the MBConv stage (layers.0,
+#: full resolution); the neck (the last two convolutions and their LayerNorms)
+STEM, NECK = ["/patch_embed/.*", "/layers.0/.*"], ["/neck/.*"]
+SDPA = "ScaledDotProductAttention"
+
 #: name -> nncf.quantize keyword arguments (built lazily: nncf is imported only when used).
 #: "calib": how many calibration slices ("all": every non-validation training slice).
 VARIANTS = {
@@ -72,14 +77,16 @@ VARIANTS = {
     "no-sq": {"calib": 64, "sq": (-1, -1)},
     "sq-0.5": {"calib": 64, "sq": (-1, 0.5)},
     "sq-conv": {"calib": 64, "sq": (0.5, 0.95)},
-    # the patch embedding and the MBConv stage (layers.0, full resolution) kept in float
-    "float-stem": {"calib": 64, "ignore": ["/patch_embed/.*", "/layers.0/.*"]},
-    "float-neck": {"calib": 64, "ignore": ["/neck/.*"]},
-    "float-stem-neck": {"calib": 64, "ignore": ["/patch_embed/.*", "/layers.0/.*", "/neck/.*"]},
-    "float-attn": {"calib": 64, "types": ["ScaledDotProductAttention"]},
+    # ignored_scope: these parts kept in float
+    "float-stem": {"calib": 64, "ignore": STEM},
+    "float-neck": {"calib": 64, "ignore": NECK},
+    "float-stem-neck": {"calib": 64, "ignore": [*STEM, *NECK]},
+    "float-attn": {"calib": 64, "types": [SDPA]},
     "performance": {"calib": 64, "preset": "performance"},
     "no-fbc": {"calib": 64, "fbc": False},
     "calib-all": {"calib": "all"},
+    "float-stem-neck-all": {"calib": "all", "ignore": [*STEM, *NECK]},
+    "float-stem-neck-attn": {"calib": 64, "ignore": [*STEM, *NECK], "types": [SDPA]},
 }
 
 
@@ -311,6 +318,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(OUT), help="JSON file written (after every variant)")
     ap.add_argument("--best", default=None, help="carry this variant forward instead of choosing")
     ap.add_argument("--no-speed", action="store_true", help="accuracy only")
+    ap.add_argument(
+        "--results-from",
+        default=None,
+        help="an earlier run's JSON: variants whose model is reused keep its figures (not timing)",
+    )
     args = ap.parse_args(argv)
 
     import torch
@@ -376,6 +388,11 @@ def main(argv=None) -> int:
     save()
 
     names = [n for n in args.variants.split(",") if n]
+    earlier = {}
+    if args.results_from:
+        prev = json.loads(Path(args.results_from).read_text())
+        if prev["fp32_torch"] == out["fp32_torch"]:
+            earlier = prev["variants"]
     calib = [prep[id(im)] for _, im, _ in calib_items]
     compiled = {}
     for name in names:
@@ -385,6 +402,10 @@ def main(argv=None) -> int:
         facts = build_variant(name, spec, xml, evenly(calib, n), work)
         model = compile_ov(facts["xml"])
         compiled[name] = model
+        if name in earlier and earlier[name]["build_s"] == facts["build_s"]:
+            out["variants"][name] = {**earlier[name], "figures_from": args.results_from}
+            log(f"{name}: same model as in {args.results_from}, figures taken from there")
+            continue
         res = {**facts}
         for split, items in (("val", val), ("test", test)):
             zs = [run_ov(model, prep[id(im)])[0] for _, im, _ in items]
