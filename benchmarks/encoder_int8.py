@@ -440,7 +440,9 @@ def main(argv=None) -> int:
         m_bf16 = compile_ov(done[best]["xml"], "bf16")
     except RuntimeError as e:  # e.g. under ONEDNN_MAX_CPU_ISA=AVX2: no bf16 kernels
         m_bf16 = None
-        out["chosen"]["with_bf16_rest_test"] = f"not compiled: {str(e).splitlines()[-1]}"
+        out["chosen"]["with_bf16_rest_test"] = (
+            "not compiled: " + [ln for ln in str(e).splitlines() if ln.strip()][-1]
+        )
     if m_bf16 is not None:
         zs = [run_ov(m_bf16, prep[id(im)])[0] for _, im, _ in test]
         rows = score(p, test, zs, best + "+bf16", auto)
