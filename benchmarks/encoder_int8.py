@@ -3,6 +3,10 @@
     python benchmarks/encoder_int8.py --library /tmp/lib          # progress on stderr
     python benchmarks/encoder_int8.py --variants default,no-sq     # some variants only
 
+Needs NNCF, which is not a dependency of the project (no INT8 runtime ships): ``pip install
+--no-deps nncf`` plus its missing dependencies (here ninja, pydot, scikit-learn, tabulate), so
+that it does not move openvino or torch.
+
 The OpenVINO fp32 export of the product (``casam.runtime``, the ``openvino`` runtime's cached
 ``encoder.xml``, batch 1) is quantized by ``nncf.quantize`` in several variants (``VARIANTS``),
 calibrated ONLY on training-split slices of the quality benchmark's tasks
