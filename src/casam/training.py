@@ -238,6 +238,16 @@ def _evaluate(
     }
 
 
+def _held_out(
+    backbone: Backbone, adapter: TaskAdapter, emb: dict, hold_samples: list[Sample], s
+) -> Generator[Progress, None, tuple[dict[float, tuple[float, float]], float]]:
+    """(held-out (IoU, BIoU) by strength, the strength kept): every strength of ``STRENGTHS``
+    tried and the best kept when ``s.choose_strength``, else the adapter as trained."""
+    strengths = STRENGTHS if s.choose_strength else (1.0,)
+    held = yield from _evaluate(backbone, adapter, emb, hold_samples, strengths)
+    return held, (choose_strength(held) if s.choose_strength else 1.0)
+
+
 def _gain(held: dict[float, tuple[float, float]], strength: float) -> float:
     """Held-out IoU gain over plain SAM at ``strength``; infinite without held-out slices
     (nothing to compare: no second adapter kind is tried)."""
@@ -471,9 +481,7 @@ def iter_learn_task(
 
     # held-out IoU of plain SAM vs the task (at each strength when the settings choose one:
     # the best is kept, plain SAM being a candidate)
-    strengths = STRENGTHS if s.choose_strength else (1.0,)
-    held = yield from _evaluate(backbone, adapter, emb, hold_samples, strengths)
-    strength = choose_strength(held) if s.choose_strength else 1.0
+    held, strength = yield from _held_out(backbone, adapter, emb, hold_samples, s)
     kinds = {}
     if s.adapter == "auto" and prev is None and _gain(held, strength) < s.auto_gain:
         # "auto": the Alignment Layer gained little on the held-out slices; decoder adapters
@@ -482,8 +490,7 @@ def iter_learn_task(
         second = dataclasses.replace(s, adapter="decoder")
         steps = train_adapter(backbone, z_all, boxes, targets, second, None, where, gen)
         other = yield from _as_stage("second", steps)
-        held2 = yield from _evaluate(backbone, other, emb, hold_samples, strengths)
-        strength2 = choose_strength(held2) if s.choose_strength else 1.0
+        held2, strength2 = yield from _held_out(backbone, other, emb, hold_samples, s)
         kinds[other.kind] = held2[strength2][0]
         if held2[strength2][0] > held[strength][0]:
             adapter, held, strength = other, held2, strength2
