@@ -230,7 +230,7 @@ MODES = (
 )
 #: What a task can train (``casam.config.ADAPTER_CHOICES``), in the dock's words.
 ADAPTERS = (
-    ("auto", "Automatic (the better on held-out slices)"),
+    ("auto", "Automatic (best of both)"),
     ("alignment", "Alignment Layer (organs)"),
     ("decoder", "Decoder adapter (lesions)"),
 )
